@@ -1,0 +1,60 @@
+"""Sessions generated from matrix/support.toml. Thin: install logic lives in pytest_vllmcompat.lanes.
+
+  nox -l                      list the cells
+  nox -s vllm-0.11.1          both transformers cells of vLLM 0.11.1
+  nox -s "vllm-0.11.1(tf5)"   one cell
+  nox -s vllm-0.11.1 -- --vllm-mode=server -x   pytest arguments after --
+  VLLMCOMPAT_LANE=cpu|cuda    force the lane (default: cuda when a GPU is visible)
+  VLLMCOMPAT_TARGET=trl==0.28.0 or /path/to/trl   backend target (default: the matrix's)
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))  # the harness's own code, usable before it is installed anywhere
+
+from pytest_vllmcompat import lanes, matrix  # noqa: E402
+
+MATRIX = matrix.load()
+nox.options.default_venv_backend = "uv"
+nox.options.sessions = ["self-test"]
+# Give pytest time to stop its servers on Ctrl-C before nox escalates.
+PYTEST_INTERRUPT_TIMEOUT = 60.0
+
+
+@nox.session(name="self-test", python=MATRIX.python)
+def self_test(session: nox.Session) -> None:
+    """The plugin's own tests: no vLLM, torch or backend needed."""
+    session.install("-e", f"{ROOT}[dev]")
+    session.run("pytest", "tests/plugin", *session.posargs)
+
+
+def _cell_session(version: str):
+    @nox.session(name=f"vllm-{version}", python=MATRIX.python)
+    @nox.parametrize("transformers", list(MATRIX.transformers), ids=[f"tf{t}" for t in MATRIX.transformers])
+    def cell_session(session: nox.Session, transformers: str) -> None:
+        cell = MATRIX.cell(version, transformers, lanes.resolve_lane(), os.environ.get(lanes.TARGET_ENV))
+        plan = lanes.install_plan(MATRIX, cell)
+        session.log(f"cell: {cell}")
+        session.install(*plan.write(Path(session.create_tmp()) / "plan"))
+        for step in plan.post_install:
+            session.run("python", *step)
+        session.run("python", "-m", "pytest_vllmcompat", "versions")
+        env = {lanes.LANE_ENV: cell.lane, lanes.TARGET_ENV: cell.target}
+        session.run(
+            "pytest", "tests/compat", *session.posargs,
+            env=env, interrupt_timeout=PYTEST_INTERRUPT_TIMEOUT, terminate_timeout=30.0,
+        )
+
+    cell_session.__doc__ = f"vLLM {version}: one cell per transformers line ({', '.join(MATRIX.transformers)})"
+    return cell_session
+
+
+for _version in MATRIX.vllm_versions:
+    globals()[f"vllm_{_version.replace('.', '_')}"] = _cell_session(_version)

@@ -1,0 +1,234 @@
+"""The support matrix: load, validate, and answer "which cell is this?".
+
+Everything reads `matrix/support.toml` through `load()`. Validation errors
+name the file and the dotted key so a maintainer can fix them at once.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+LANES = ("cpu", "cuda")
+DEFAULT_PATH = Path(__file__).resolve().parent.parent / "matrix" / "support.toml"
+MATRIX_ENV = "VLLMCOMPAT_MATRIX"
+CPU_PIN_KEYS = ("torch", "torchvision", "torchaudio", "triton", "needs_glibcxx")
+
+
+class MatrixError(ValueError):
+    """The matrix file is malformed, or a cell was asked for that it does not declare."""
+
+
+@dataclass(frozen=True)
+class CpuPins:
+    torch: str
+    torchvision: str
+    torchaudio: str
+    triton: str
+    needs_glibcxx: str  # libstdc++ symbol level that vllm/_C needs on the host
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One point of the matrix: a vLLM release x transformers line x lane x backend target."""
+
+    vllm: str
+    transformers: str  # the line: "4" or "5"
+    lane: str
+    target: str  # pip requirement or local checkout path
+
+    @property
+    def target_label(self) -> str:
+        return target_label(self.target)
+
+    @property
+    def session(self) -> str:
+        return f"vllm-{self.vllm}(tf{self.transformers})"
+
+    def __str__(self) -> str:
+        return f"vllm {self.vllm} / transformers {self.transformers} / {self.lane} lane / {self.target_label}"
+
+
+@dataclass(frozen=True)
+class KnownFailure:
+    test: str
+    cause: str
+    vllm: str = "*"
+    transformers: str = "*"
+    lane: str = "*"
+    target: str = "*"
+    upstream: str = ""
+
+    def applies_to(self, cell: Cell, nodeid: str) -> bool:
+        pairs = [
+            (cell.vllm, self.vllm),
+            (cell.transformers, self.transformers),
+            (cell.lane, self.lane),
+            (cell.target_label, self.target),
+        ]
+        return all(fnmatch.fnmatchcase(v, p) for v, p in pairs) and fnmatch.fnmatchcase(nodeid, self.test)
+
+    @property
+    def reason(self) -> str:
+        return f"known failure: {self.cause}" + (f" ({self.upstream})" if self.upstream else "")
+
+
+@dataclass(frozen=True)
+class Matrix:
+    path: Path
+    python: str
+    vllm_versions: tuple[str, ...]
+    transformers: dict[str, str]
+    backend_name: str
+    default_target: str
+    targets: tuple[str, ...]
+    backend_vllm_extra: str
+    serve_deps: tuple[str, ...]
+    supported_vllm: str
+    lane_vllm_spec: dict[str, str]
+    cpu_pins: dict[str, CpuPins]
+    known_failures: tuple[KnownFailure, ...] = field(default=())
+
+    def cell(self, vllm: str, transformers: str, lane: str, target: str | None = None) -> Cell:
+        """The declared cell for these coordinates; unknown values list the valid ones."""
+        _check_choice("vLLM version", vllm, self.vllm_versions)
+        _check_choice("transformers line", transformers, tuple(self.transformers))
+        _check_choice("lane", lane, LANES)
+        return Cell(vllm, transformers, lane, target or self.default_target)
+
+    def cells(self, lane: str, target: str | None = None) -> list[Cell]:
+        return [self.cell(v, t, lane, target) for v in self.vllm_versions for t in self.transformers]
+
+    def known_failures_for(self, cell: Cell, nodeid: str) -> list[KnownFailure]:
+        return [kf for kf in self.known_failures if kf.applies_to(cell, nodeid)]
+
+
+def _check_choice(what: str, value: str, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise MatrixError(f"unknown {what} {value!r}: valid are {', '.join(valid)}")
+
+
+def target_label(target: str) -> str:
+    """Released targets are named by their requirement; local checkouts are 'local'."""
+    return "local" if is_local_target(target) else target
+
+
+def is_local_target(target: str) -> bool:
+    return os.sep in target or target.startswith(".") or Path(target).is_dir()
+
+
+def matrix_path() -> Path:
+    return Path(os.environ.get(MATRIX_ENV) or DEFAULT_PATH)
+
+
+def load(path: Path | str | None = None) -> Matrix:
+    path = Path(path) if path else matrix_path()
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise MatrixError(f"{path}: matrix file not found (set {MATRIX_ENV} to its path)") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise MatrixError(f"{path}: not valid TOML: {exc}") from None
+    return _Reader(path, raw).matrix()
+
+
+class _Reader:
+    """Typed access to the raw TOML with errors that name file and key."""
+
+    def __init__(self, path: Path, raw: dict):
+        self.path, self.raw = path, raw
+
+    def fail(self, key: str, problem: str) -> MatrixError:
+        return MatrixError(f"{self.path}: [{key}] {problem}")
+
+    def get(self, key: str, kind: type, node: dict | None = None, prefix: str = ""):
+        node = self.raw if node is None else node
+        full = f"{prefix}.{key}" if prefix else key
+        if key not in node:
+            raise self.fail(full, "is missing")
+        value = node[key]
+        if not isinstance(value, kind):
+            raise self.fail(full, f"must be a {kind.__name__}, got {type(value).__name__}: {value!r}")
+        return value
+
+    def strings(self, key: str, node: dict, prefix: str) -> tuple[str, ...]:
+        values = self.get(key, list, node, prefix)
+        for i, v in enumerate(values):
+            if not isinstance(v, str) or not v:
+                raise self.fail(f"{prefix}.{key}[{i}]", f"must be a non-empty string, got {v!r}")
+        return tuple(values)
+
+    def matrix(self) -> Matrix:
+        top = self.get("matrix", dict)
+        versions = self.strings("vllm", top, "matrix")
+        if len(set(versions)) != len(versions):
+            raise self.fail("matrix.vllm", f"lists a version twice: {list(versions)}")
+        transformers = self.get("transformers", dict)
+        for line, spec in transformers.items():
+            if not isinstance(spec, str):
+                raise self.fail(f"transformers.{line}", f"must be a requirement string, got {spec!r}")
+        backend = self.get("backend", dict)
+        targets = self.strings("targets", backend, "backend")
+        default = self.get("default", str, backend, "backend")
+        if default not in targets:
+            raise self.fail("backend.default", f"{default!r} is not one of backend.targets {list(targets)}")
+        lanes = self.get("lanes", dict)
+        lane_specs = {}
+        for lane in LANES:
+            node = self.get(lane, dict, lanes, "lanes")
+            spec = self.get("vllm", str, node, f"lanes.{lane}")
+            if "{version}" not in spec:
+                raise self.fail(f"lanes.{lane}.vllm", f"must contain '{{version}}', got {spec!r}")
+            lane_specs[lane] = spec
+        return Matrix(
+            path=self.path,
+            python=self.get("python", str, top, "matrix"),
+            vllm_versions=versions,
+            transformers=dict(transformers),
+            backend_name=self.get("name", str, backend, "backend"),
+            default_target=default,
+            targets=targets,
+            backend_vllm_extra=self.get("vllm_extra", str, backend, "backend"),
+            serve_deps=self.strings("serve_deps", backend, "backend"),
+            supported_vllm=self.get("supported_vllm", str, backend, "backend"),
+            lane_vllm_spec=lane_specs,
+            cpu_pins=self.cpu_pins(lanes["cpu"], versions),
+            known_failures=self.known_failures(),
+        )
+
+    def cpu_pins(self, cpu: dict, versions: tuple[str, ...]) -> dict[str, CpuPins]:
+        table = self.get("versions", dict, cpu, "lanes.cpu")
+        pins = {}
+        for version in versions:
+            prefix = f"lanes.cpu.versions.{version}"
+            if version not in table:
+                raise self.fail(prefix, "is missing (every matrix.vllm version needs CPU pins)")
+            node = table[version]
+            pins[version] = CpuPins(**{k: self.get(k, str, node, prefix) for k in CPU_PIN_KEYS})
+        return pins
+
+    def known_failures(self) -> tuple[KnownFailure, ...]:
+        entries = self.raw.get("known_failures", [])
+        allowed = set(KnownFailure.__dataclass_fields__)
+        result = []
+        for i, node in enumerate(entries):
+            prefix = f"known_failures[{i}]"
+            unknown = set(node) - allowed
+            if unknown:
+                raise self.fail(prefix, f"has unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")
+            for key in ("test", "cause"):
+                if not str(node.get(key, "")).strip():
+                    raise self.fail(f"{prefix}.{key}", "is missing (every known failure names its test and cause)")
+            for key, value in node.items():
+                if not isinstance(value, str):
+                    raise self.fail(f"{prefix}.{key}", f"must be a string, got {value!r}")
+            result.append(KnownFailure(**node))
+        return tuple(result)

@@ -1,0 +1,82 @@
+"""The backend's import-time vLLM patches are active exactly in the cells their conditions name.
+
+Probed in a fresh interpreter: vLLM's originals are captured first, then the
+backend is imported (which applies its patches), and we look at what each
+attribute is afterwards and which module defined it.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from packaging.version import Version
+
+PROBE = textwrap.dedent(
+    """
+    import importlib, json, os
+    TARGETS = {
+        "DisabledTqdm": "vllm.model_executor.model_loader.weight_utils",
+        "get_cached_tokenizer": "vllm.transformers_utils.tokenizer",
+    }
+    modules = {name: importlib.import_module(mod) for name, mod in TARGETS.items()}
+    originals = {name: getattr(modules[name], name, None) for name in TARGETS}
+    import trl  # applies the backend's patches
+    now = {name: getattr(modules[name], name, None) for name in TARGETS}
+    print(json.dumps({
+        "patched": {name: now[name] is not originals[name] for name in now},
+        "defined_in": {name: getattr(now[name], "__module__", None) for name in now},
+        "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL"),
+    }))
+    """
+)
+PATCH_MODULE = "trl._compat"
+
+
+def probe(extra_env: dict[str, str | None]) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "VLLM_LOGGING_LEVEL"}
+    env.update({k: v for k, v in extra_env.items() if v is not None})
+    proc = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, f"patch probe failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}"
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def cell(vllmcompat_context):
+    if vllmcompat_context.cell is None:
+        pytest.skip(f"not a matrix cell: {vllmcompat_context.matrix_problem}")
+    return vllmcompat_context.cell
+
+
+@pytest.fixture(scope="module")
+def default_probe():
+    return probe({})
+
+
+def expected_patches(cell) -> dict[str, bool]:
+    """The conditions the backend documents for each patch, evaluated for this cell's upstream versions."""
+    vllm, tf = Version(cell.vllm), int(cell.transformers)
+    return {
+        "DisabledTqdm": vllm < Version("0.11.1"),
+        "get_cached_tokenizer": tf >= 5 and vllm < Version("0.12.0"),
+    }
+
+
+@pytest.mark.parametrize("name", ["DisabledTqdm", "get_cached_tokenizer"])
+def test_patch_active_exactly_where_its_condition_holds(cell, default_probe, name):
+    expected = expected_patches(cell)[name]
+    assert default_probe["patched"][name] is expected, f"{name} patched={default_probe['patched'][name]}, expected {expected} in {cell}"
+    if expected:
+        assert default_probe["defined_in"][name] == PATCH_MODULE
+    else:
+        assert default_probe["defined_in"][name].startswith("vllm."), "vLLM's original must be untouched"
+
+
+def test_logging_patch_sets_error_when_unset(default_probe):
+    assert default_probe["VLLM_LOGGING_LEVEL"] == "ERROR"
+
+
+def test_logging_patch_keeps_the_users_level():
+    assert probe({"VLLM_LOGGING_LEVEL": "DEBUG"})["VLLM_LOGGING_LEVEL"] == "DEBUG"

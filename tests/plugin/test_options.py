@@ -1,0 +1,150 @@
+"""Options, their precedence (CLI > env > ini > default), mode selection and known failures."""
+
+import pytest
+
+MODE_TESTS = """
+import pytest
+
+def test_each_mode(vllm_mode):
+    pass
+
+@pytest.mark.vllm_mode("server")
+def test_server_only():
+    pass
+
+@pytest.mark.vllm_mode("colocate")
+def test_colocate_only():
+    pass
+
+def test_mode_free():
+    pass
+"""
+
+SHOW_SETTINGS = r"""
+from pytest_vllmcompat import config
+
+def test_show(pytestconfig):
+    print("\nMODE=" + config.resolve(pytestconfig, "vllm_mode"))
+    print("TIMEOUT=" + repr(config.resolve(pytestconfig, "vllm_startup_timeout")))
+"""
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch):
+    for name in ("VLLMCOMPAT_MODE", "VLLMCOMPAT_STARTUP_TIMEOUT", "VLLMCOMPAT_MODEL", "VLLMCOMPAT_LANE", "VLLMCOMPAT_MATRIX"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def run_show(pytester, *args):
+    pytester.makepyfile(test_show=SHOW_SETTINGS)
+    result = pytester.runpytest_subprocess("-s", "-p", "no:cacheprovider", *args)
+    result.assert_outcomes(passed=1)
+    return result
+
+
+def test_help_lists_the_options_without_vllm_or_torch(pytester):
+    result = pytester.runpytest_subprocess("--help")
+    assert result.ret == 0
+    for flag in ("--vllm-mode", "--vllm-model", "--vllm-startup-timeout", "--vllm-lane", "--vllm-target"):
+        result.stdout.fnmatch_lines([f"*{flag}*"])
+
+
+def test_plugin_import_pulls_in_nothing_heavy(pytester):
+    pytester.makepyfile(
+        """
+        import sys
+        def test_modules():
+            heavy = [m for m in ("torch", "vllm", "transformers", "trl") if m in sys.modules]
+            assert heavy == []
+        """
+    )
+    pytester.runpytest_subprocess("-p", "no:cacheprovider").assert_outcomes(passed=1)
+
+
+def test_default_mode_is_all(pytester):
+    run_show(pytester).stdout.fnmatch_lines(["MODE=all", "TIMEOUT=300.0"])
+
+
+def test_ini_beats_default(pytester):
+    pytester.makeini("[pytest]\nvllm_mode = server\nvllm_startup_timeout = 12\n")
+    run_show(pytester).stdout.fnmatch_lines(["MODE=server", "TIMEOUT=12.0"])
+
+
+def test_env_beats_ini(pytester, monkeypatch):
+    pytester.makeini("[pytest]\nvllm_mode = server\n")
+    monkeypatch.setenv("VLLMCOMPAT_MODE", "colocate")
+    run_show(pytester).stdout.fnmatch_lines(["MODE=colocate"])
+
+
+def test_cli_beats_env(pytester, monkeypatch):
+    monkeypatch.setenv("VLLMCOMPAT_MODE", "colocate")
+    run_show(pytester, "--vllm-mode=server").stdout.fnmatch_lines(["MODE=server"])
+
+
+def test_invalid_cli_mode_lists_valid_modes(pytester):
+    result = pytester.runpytest_subprocess("--vllm-mode=both")
+    assert result.ret != 0
+    result.stderr.fnmatch_lines(["*invalid choice: 'both' (choose from *colocate*server*all*"])
+
+
+def test_invalid_env_mode_lists_valid_modes(pytester, monkeypatch):
+    monkeypatch.setenv("VLLMCOMPAT_MODE", "both")
+    result = pytester.runpytest_subprocess()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*$VLLMCOMPAT_MODE: invalid value 'both' for vllm_mode; valid are colocate, server, all*"])
+
+
+def test_non_numeric_timeout_is_refused(pytester):
+    pytester.makeini("[pytest]\nvllm_startup_timeout = soon\n")
+    result = pytester.runpytest_subprocess()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*ini vllm_startup_timeout: vllm_startup_timeout must be a float, got 'soon'*"])
+
+
+def test_missing_model_path_says_so(pytester):
+    result = pytester.runpytest_subprocess("--vllm-model", "/nonexistent/model")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--vllm-model /nonexistent/model: no model there (/nonexistent/model/config.json does not exist)*"])
+
+
+@pytest.mark.parametrize(
+    "mode, expected",
+    [
+        ("all", {"test_each_mode[colocate]", "test_each_mode[server]", "test_server_only", "test_colocate_only", "test_mode_free"}),
+        ("server", {"test_each_mode[server]", "test_server_only", "test_mode_free"}),
+        ("colocate", {"test_each_mode[colocate]", "test_colocate_only", "test_mode_free"}),
+    ],
+)
+def test_mode_selection(pytester, mode, expected):
+    pytester.makepyfile(test_modes=MODE_TESTS)
+    result = pytester.runpytest_subprocess("-v", "-p", "no:cacheprovider", f"--vllm-mode={mode}")
+    ran = {line.split("::")[1].split(" ")[0] for line in result.outlines if "::" in line and "PASSED" in line}
+    assert ran == expected
+    result.assert_outcomes(passed=len(expected), deselected=5 - len(expected))
+
+
+def test_known_failure_becomes_strict_xfail(pytester, monkeypatch):
+    from pytest_vllmcompat import matrix
+
+    text = matrix.DEFAULT_PATH.read_text() + (
+        '\n[[known_failures]]\ntest = "test_kf.py::test_broken"\ncause = "upstream bug X"\n'
+        '\n[[known_failures]]\ntest = "test_kf.py::test_fixed"\ncause = "was broken"\n'
+    )
+    monkeypatch.setenv("VLLMCOMPAT_MATRIX", str(pytester.makefile(".toml", support=text)))
+    pytester.makepyfile(test_kf="def test_broken():\n    assert False\n\ndef test_fixed():\n    pass\n")
+    # A known failure applies to a cell: make this env look like one (vllm/transformers from metadata).
+    pytester.makeconftest(
+        """
+        from pytest_vllmcompat import cellinfo
+        cellinfo.installed = lambda name: {"vllm": "0.11.1", "transformers": "4.57.6", "trl": "0.29.1"}.get(name)
+        """
+    )
+    result = pytester.runpytest_subprocess("-rxX", "-p", "no:cacheprovider", "--vllm-lane=cpu")
+    result.assert_outcomes(xfailed=1, failed=1)
+    result.stdout.fnmatch_lines(["*XPASS(strict)*known failure: was broken*", "*XFAIL*test_broken*known failure: upstream bug X*"])
+
+
+def test_header_names_the_cell(pytester):
+    pytester.makepyfile("def test_x():\n    pass\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--vllm-mode=server", "--vllm-lane=cpu")
+    result.stdout.fnmatch_lines(["vllmcompat cell: * | lane cpu | target * | modes server", "vllmcompat versions: *torch*transformers*trl*"])

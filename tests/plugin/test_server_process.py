@@ -1,0 +1,271 @@
+"""Tests for the server executor, using a real tiny HTTP server process (no vLLM needed)."""
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+
+from pytest_vllmcompat.ports import free_port
+from pytest_vllmcompat.server import (
+    OWNER_VAR,
+    TAG_VAR,
+    ServerProcess,
+    ServerStartupError,
+    redact,
+    sweep_leftovers,
+)
+
+TINY = Path(__file__).with_name("tiny_http_server.py")
+
+
+def alive(pid: int) -> bool:
+    """True if pid exists and is not a zombie (independent of the code under test)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat[stat.rfind(")") + 2] not in "ZX"
+
+
+def wait_dead(pid: int, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not alive(pid)
+
+
+def tiny_argv(port, *extra):
+    return [sys.executable, str(TINY), "--port", str(port), *extra]
+
+
+def make(tmp_path, *extra, port=None, **kw) -> ServerProcess:
+    port = port or free_port()
+    return ServerProcess("tiny-server", tiny_argv(port, *extra), port=port,
+                         health_url=f"http://127.0.0.1:{port}/health",
+                         log_path=tmp_path / "logs" / "server.log", **kw)
+
+
+def grandchild_pid(server: ServerProcess) -> int:
+    match = re.search(r"child pid (\d+)", server.log_path.read_text())
+    assert match, server.log_path.read_text()
+    return int(match.group(1))
+
+
+def test_ready_on_healthy_server(tmp_path):
+    server = make(tmp_path, "--delay-ready", "0.6", startup_timeout=20)
+    with server:
+        assert server.alive
+        assert requests.get(server.health_url, timeout=2).text == "ok"
+        assert 0.5 <= server.startup_seconds < 5
+        env = dict(line.split("=", 1) for line in open(f"/proc/{server.pid}/environ").read().split("\0") if "=" in line)
+        assert env[OWNER_VAR] == str(os.getpid())
+        assert env[TAG_VAR] == server.tag
+        assert os.getpgid(server.pid) == server.pid  # own process group
+        pid = server.pid
+    assert not server.alive
+    assert server.proc.returncode == -signal.SIGTERM
+    assert not alive(pid)
+    assert "503" in server.log_path.read_text()  # it was polled while warming up
+
+
+def test_early_death_fails_fast(tmp_path):
+    server = make(tmp_path, "--delay-ready", "60", "--exit-after", "0.8", "7", startup_timeout=60)
+    t0 = time.monotonic()
+    with pytest.raises(ServerStartupError) as info:
+        server.__enter__()
+    caught_at = time.time()
+    elapsed = time.monotonic() - t0
+    err = info.value
+    assert elapsed < 3.0
+    assert err.returncode == 7
+    assert err.address_in_use is False
+    msg = str(err)
+    assert "tiny-server exited during startup" in msg
+    assert "exit code: 7" in msg
+    assert f"port:      {server.port}" in msg
+    assert str(server.log_path) in msg
+    assert str(TINY) in msg  # command line
+    assert "exiting with code 7" in msg  # log tail
+    died_at = float(re.search(r"exiting with code 7 at ([\d.]+)", msg).group(1))
+    latency = caught_at - died_at
+    print(f"\ndeath -> ServerStartupError latency: {latency:.3f} s (startup elapsed {elapsed:.2f} s)")
+    assert latency < 1.0
+
+
+def test_startup_timeout_reports_and_leaves_no_process(tmp_path):
+    server = make(tmp_path, "--delay-ready", "60", "--spawn-child", startup_timeout=1.5)
+    with pytest.raises(ServerStartupError) as info:
+        with server:
+            pass
+    err = info.value
+    child = grandchild_pid(server)
+    assert err.returncode is None
+    assert 1.4 <= err.elapsed < 4.0
+    msg = str(err)
+    assert "did not become ready in time" in msg
+    assert "exit code: still running (killed after startup timeout)" in msg
+    assert str(server.log_path) in msg
+    assert '"GET /health HTTP/1.1" 503' in err.log_tail
+    assert server.proc.returncode == -signal.SIGTERM
+    assert not alive(server.pid)
+    assert not alive(child)
+
+
+def test_stop_kills_whole_group_including_grandchild(tmp_path):
+    with make(tmp_path, "--spawn-child", startup_timeout=20) as server:
+        child = grandchild_pid(server)
+        assert alive(child)
+        assert os.getpgid(child) == server.pid
+        t0 = time.monotonic()
+        server.stop(grace=5)
+        assert time.monotonic() - t0 < 2.0  # both die on SIGTERM, no need to wait out the grace
+    assert server.proc.returncode == -signal.SIGTERM
+    assert not alive(child)
+    server.stop()  # idempotent
+
+
+def test_grandchild_ignoring_sigterm_is_killed_after_leader_exits(tmp_path):
+    with make(tmp_path, "--spawn-child", "--child-ignore-sigterm", startup_timeout=20) as server:
+        child = grandchild_pid(server)
+        t0 = time.monotonic()
+        server.stop(grace=1.0)
+        took = time.monotonic() - t0
+    assert server.proc.returncode == -signal.SIGTERM  # the leader obeyed SIGTERM
+    assert 1.0 <= took < 4.0  # but stop() waited for the grandchild, then SIGKILLed it
+    assert not alive(child)
+
+
+def test_sigterm_ignoring_server_gets_sigkilled_after_grace(tmp_path):
+    with make(tmp_path, "--ignore-sigterm", startup_timeout=20) as server:
+        t0 = time.monotonic()
+        server.stop(grace=1.0)
+        took = time.monotonic() - t0
+    assert server.proc.returncode == -signal.SIGKILL
+    assert 1.0 <= took < 4.0
+    assert not alive(server.pid)
+
+
+def test_stop_is_safe_when_process_already_died(tmp_path):
+    server = make(tmp_path, "--exit-after", "0.2", "0")
+    server.start()
+    assert wait_dead(server.pid)
+    server.stop(grace=1)
+    server.stop(grace=1)
+    assert server.proc.returncode == 0
+    assert not server.alive
+
+
+def test_address_in_use_is_reported(tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        server = make(tmp_path, port=port, startup_timeout=20)
+        with pytest.raises(ServerStartupError) as info:
+            with server:
+                pass
+    err = info.value
+    assert err.returncode == 1
+    # The held socket accepts but never answers, so one health request (2 s timeout) may block.
+    assert err.elapsed < 3.5
+    assert err.address_in_use is True
+    assert "address already in use" in str(err).lower()
+    assert f"port {port} was taken by another process" in str(err)
+
+
+SECRETS = {
+    "HF_TOKEN": "hf_aaaaSECRETVALUE1111",
+    "HUGGING_FACE_HUB_TOKEN": "hf_bbbbSECRETVALUE2222",
+    "WANDB_API_KEY": "wandb-cccc3333",
+    "DB_PASSWORD": "hunter2hunter2",
+    "MY_CLIENT_SECRET_X": "sssh-4444",
+}
+
+
+def test_redact_function():
+    env = {**SECRETS, "MODEL": "facebook/opt-125m", "SHORT_TOKEN": "1"}
+    text = " ".join(SECRETS.values()) + " facebook/opt-125m 1"
+    assert redact(text, env) == "*** *** *** *** *** facebook/opt-125m 1"
+
+
+def test_secrets_redacted_in_log_tail_and_error(tmp_path):
+    print_env = [a for name in [*SECRETS, "PLAIN_VAR"] for a in ("--print-env", name)]
+    server = make(tmp_path, "--delay-ready", "60", "--exit-after", "0.3", "2",
+                  "--label", SECRETS["HF_TOKEN"], *print_env,
+                  env={**SECRETS, "PLAIN_VAR": "visible-value"}, startup_timeout=20)
+    with pytest.raises(ServerStartupError) as info:
+        server.__enter__()
+    msg, tail = str(info.value), server.log_tail()
+    raw = server.log_path.read_text()
+    for name, value in SECRETS.items():
+        assert f"{name}={value}" in raw  # the child did get the real value
+        assert value not in msg and value not in tail
+        assert f"{name}=***" in tail and f"{name}=***" in msg
+    assert "--label '***'" in msg or "--label ***" in msg  # command line redacted too
+    assert "PLAIN_VAR=visible-value" in tail
+
+
+def test_log_tail_of_running_server_is_redacted(tmp_path):
+    with make(tmp_path, "--print-env", "HF_TOKEN", env={"HF_TOKEN": SECRETS["HF_TOKEN"]}) as server:
+        tail = server.log_tail(n=5)
+    assert "HF_TOKEN=***" in tail
+    assert SECRETS["HF_TOKEN"] not in tail
+    assert len(tail.splitlines()) <= 5
+
+
+def test_sweep_stops_orphans_of_dead_owner_only(tmp_path):
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    assert not os.path.exists(f"/proc/{dead.pid}")
+
+    def spawn(owner, log_name, *extra):
+        env = {**os.environ, OWNER_VAR: str(owner), TAG_VAR: uuid.uuid4().hex}
+        log = open(tmp_path / log_name, "wb")
+        return subprocess.Popen(tiny_argv(free_port(), *extra), env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+    orphan = spawn(dead.pid, "orphan.log", "--spawn-child")
+    kept = spawn(os.getpid(), "kept.log")
+    try:
+        deadline = time.monotonic() + 10
+        while "child pid" not in (tmp_path / "orphan.log").read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        child = int(re.search(r"child pid (\d+)", (tmp_path / "orphan.log").read_text()).group(1))
+
+        swept = sweep_leftovers(grace=3)
+
+        swept_pids = {int(re.match(r"pid (\d+)", s).group(1)) for s in swept}
+        assert {orphan.pid, child} <= swept_pids
+        assert kept.pid not in swept_pids
+        assert any(s.startswith(f"pid {orphan.pid} ") and str(TINY) in s for s in swept)
+        assert orphan.wait(timeout=5) == -signal.SIGTERM
+        assert wait_dead(child)
+        assert kept.poll() is None and alive(kept.pid)
+    finally:
+        for p in (orphan, kept):
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+
+
+def test_sweep_leaves_running_server_of_this_process(tmp_path):
+    with make(tmp_path) as server:
+        swept = sweep_leftovers(grace=1)
+        assert not any(s.startswith(f"pid {server.pid} ") for s in swept)
+        assert server.alive
+
+
+def test_free_port_never_repeats():
+    ports = [free_port() for _ in range(50)]
+    assert len(set(ports)) == 50
+    assert all(1024 <= p <= 65535 for p in ports)
+    with socket.socket() as sock:  # and it is actually bindable
+        sock.bind(("127.0.0.1", ports[-1]))
