@@ -102,16 +102,47 @@ def _normalize(prompt_ids, completion_ids, logprobs, logprob_token_ids) -> Gener
     return Generation(_rows(prompt_ids), completion_ids, sampled, top, ids)
 
 
-def _free_port() -> int:
-    try:
-        from .ports import free_port
-    except ImportError:  # pragma: no cover - ports.py is part of the package
-        import socket
+def _rendezvous_port() -> int:
+    """A free port for the colocate engine's torch.distributed store (TCPStore on MASTER_PORT).
 
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
+    Preferably below the kernel's ephemeral range: ports there are never handed out to other processes'
+    outgoing connections or bind(0) probes, which is what made a bind(0) port taken between probe and use
+    (`EADDRINUSE`) on a busy machine. make_colocate also retries with a new port if that still happens."""
+    import random
+    import socket
+
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 0
+    for _ in range(50 if low > 12000 else 0):
+        port = random.randint(10000, low - 1)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    from .ports import free_port
+
     return free_port("127.0.0.1")
+
+
+def _teardown_distributed() -> None:
+    gc.collect()
+    try:
+        from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
+
+        destroy_model_parallel()
+        destroy_distributed_environment()
+    except ImportError:
+        pass
+    import torch
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    gc.collect()
 
 
 @dataclass(frozen=True)
@@ -172,16 +203,22 @@ class Backend:
         if unknown:
             raise Unsupported(f"TRL {self.version}: VLLMGeneration does not accept {unknown}")
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-            # TRL's ensure_master_addr_port() keeps existing values: give each engine a fresh rendezvous port.
-            os.environ["MASTER_ADDR"] = "127.0.0.1"
-            os.environ["MASTER_PORT"] = str(_free_port())
         tokenizer = AutoTokenizer.from_pretrained(model_path)
         model = AutoModelForCausalLM.from_pretrained(model_path).to(device="cpu", dtype=torch.float32)
         accelerator = Accelerator(cpu=True)
-        vg = VLLMGeneration(model, accelerator, is_fsdp_enabled=False, processing_class=tokenizer, mode="colocate",
-                            max_model_length=max_model_length, **vllm_generation_kwargs)
-        return ColocateGenerator(self, vg, sampling or SamplingOptions())
+        for attempt in range(3):
+            if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+                # TRL's ensure_master_addr_port() keeps existing values: give each engine a fresh rendezvous port.
+                os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(_rendezvous_port())
+            try:
+                vg = VLLMGeneration(model, accelerator, is_fsdp_enabled=False, processing_class=tokenizer,
+                                    mode="colocate", max_model_length=max_model_length, **vllm_generation_kwargs)
+            except Exception as exc:  # the port was taken between probe and bind: retry with a new one
+                if attempt == 2 or "EADDRINUSE" not in str(exc):
+                    raise
+                _teardown_distributed()
+            else:
+                return ColocateGenerator(self, vg, sampling or SamplingOptions())
 
     def serve_argv(self, model_path: str, *, host: str = "127.0.0.1", port: int, max_model_len: int | None = 512,
                    extra: Sequence[str] = ()) -> list[str]:
@@ -269,19 +306,7 @@ class ColocateGenerator:
         if vg is not None and getattr(vg, "llm", None) is not None:
             vg.llm = None
         del vg
-        gc.collect()
-        try:
-            from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
-
-            destroy_model_parallel()
-            destroy_distributed_environment()
-        except ImportError:
-            pass
-        import torch
-
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-        gc.collect()
+        _teardown_distributed()
 
 
 class ServerClient:

@@ -6,6 +6,7 @@ Nothing heavy (torch, vLLM, transformers, the backend) is imported here.
 
 from __future__ import annotations
 
+import os
 import signal
 
 import pytest
@@ -15,6 +16,7 @@ from . import context
 from .fixtures import *  # noqa: F401,F403  (fixtures are registered by being in this module)
 
 CONTEXT_KEY = pytest.StashKey[context.Context]()
+SWEPT_KEY = pytest.StashKey[list]()
 MODE_PARAM = "vllm_mode"
 
 
@@ -43,12 +45,24 @@ def _stop_cleanly_on_sigterm() -> None:
         pass
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Stop servers left behind by earlier runs that crashed (their owner pid is gone), and say so."""
+    if CONTEXT_KEY not in session.config.stash or os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    from .server import sweep_leftovers
+
+    session.config.stash[SWEPT_KEY] = sweep_leftovers()
+
+
 def get_context(config: pytest.Config) -> context.Context:
     return config.stash[CONTEXT_KEY]
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    return get_context(config).header() if CONTEXT_KEY in config.stash else []
+    if CONTEXT_KEY not in config.stash:
+        return []
+    swept = [f"vllmcompat swept a leftover of a crashed run: {line}" for line in config.stash.get(SWEPT_KEY, [])]
+    return get_context(config).header() + swept
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

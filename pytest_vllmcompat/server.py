@@ -14,6 +14,7 @@ import signal
 import subprocess
 import time
 import uuid
+from urllib.parse import urlsplit
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -83,6 +84,12 @@ class ServerProcess:
     @property
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
+
+    @property
+    def base_url(self) -> str:
+        """scheme://host:port of the health URL: where the server's API lives."""
+        parts = urlsplit(self.health_url)
+        return f"{parts.scheme}://{parts.netloc}"
 
     @property
     def alive(self) -> bool:

@@ -102,9 +102,9 @@ def test_early_death_fails_fast(tmp_path):
 
 def test_startup_timeout_reports_and_leaves_no_process(tmp_path):
     server = make(tmp_path, "--delay-ready", "60", "--spawn-child", startup_timeout=1.5)
+    server.start()
     with pytest.raises(ServerStartupError) as info:
-        with server:
-            pass
+        server.wait_ready()  # called directly: wait_ready itself must clean up, not just __enter__
     err = info.value
     child = grandchild_pid(server)
     assert err.returncode is None

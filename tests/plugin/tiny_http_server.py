@@ -31,8 +31,9 @@ if args.spawn_child:
     code = "import signal, time\n"
     if args.child_ignore_sigterm:
         code += "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
-    code += "time.sleep(600)\n"
-    child = subprocess.Popen([sys.executable, "-c", code])
+    code += "print('ready', flush=True)\ntime.sleep(600)\n"
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    child.stdout.readline()  # its SIGTERM handler is in place only once it says so
     print(f"child pid {child.pid}", flush=True)
 
 started = time.monotonic()
