@@ -224,14 +224,15 @@ class Backend:
                    extra: Sequence[str] = ()) -> list[str]:
         """argv of `trl vllm-serve` for the interpreter running this process.
 
-        Uses the `trl` console script next to sys.executable (what users run); a checkout without console scripts
-        gets the same entry point (`trl.cli:main`) through `python -c`. No --enforce_eager: colocate mode cannot set
+        The `trl` console script next to sys.executable (what users run) when trl is installed in this environment;
+        otherwise (a checkout on sys.path) the same entry point, `trl.cli:main`, through `python -c`. No --enforce_eager: colocate mode cannot set
         it, so both modes run the same engine configuration (vLLM's default)."""
         script = os.path.join(os.path.dirname(sys.executable), "trl")
-        if os.path.isfile(script) and os.access(script, os.X_OK):
+        if self.location.startswith(sys.prefix + os.sep) and os.access(script, os.X_OK):
             cmd = [script]
-        else:
-            cmd = [sys.executable, "-c", "import sys; sys.argv[0] = 'trl'; from trl.cli import main; sys.exit(main())"]
+        else:  # e.g. a checkout put on sys.path: make the child import this same trl
+            cmd = [sys.executable, "-c", f"import sys; sys.path.insert(0, {os.path.dirname(self.location)!r}); "
+                   "sys.argv[0] = 'trl'; from trl.cli import main; sys.exit(main())"]
         argv = cmd + ["vllm-serve", "--model", str(model_path), "--host", host, "--port", str(port)]
         if max_model_len is not None:
             argv += ["--max_model_len", str(max_model_len)]

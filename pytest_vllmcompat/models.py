@@ -23,7 +23,7 @@ import shutil
 import tempfile
 
 # Bump when the builder's output changes for the same spec.
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,9 +37,19 @@ class TinyModelSpec:
     max_position_embeddings: int = 1024
     rms_norm_eps: float = 1e-6
     rope_theta: float = 10000.0
-    # Uniform(-init_range, init_range) weights. Much larger than the usual 0.02, so
-    # top1-top2 logit margins dwarf vLLM-CPU vs transformers kernel differences.
+    # Uniform(-init_range, init_range) weights, larger than the usual 0.02 so that
+    # attention and MLP visibly shape the residual stream.
     init_range: float = 0.5
+    # vLLM runs a float32 checkpoint in bfloat16 on CPU ("auto" dtype downcasts
+    # float32 models, and TRL's colocate mode passes no dtype), so the checkpoint
+    # is bfloat16: both sides then use exactly the same weights. To keep greedy
+    # decoding robust to bf16 kernel noise, lm_head carries a strong "successor"
+    # map t -> next(t) (a single cycle over the non-special tokens) on top of a
+    # small random part: top1-top2 margins are several logits wide.
+    dtype: str = "bfloat16"
+    lm_head_random_range: float = 0.1
+    residual_out_range: float = 0.003  # o_proj / down_proj: small writes, so the successor map decides greedy (min top1-top2 margin 4.7 logits over 192 steps)
+    successor_strength: float = 2.0
     seed: int = 1234
     bos_token: str = "<|bos|>"
     eos_token: str = "<|im_end|>"  # ChatML: an assistant turn ends with <|im_end|>
@@ -143,6 +153,22 @@ def _train_tokenizer(spec: TinyModelSpec):
     return tok
 
 
+def _add_successor_map(model, rng: random.Random, spec: TinyModelSpec, special_ids: set[int]) -> None:
+    """lm_head[next(t)] += strength * unit(embedding[t]): the model prefers a fixed successor.
+
+    next() is one cycle through the non-special tokens (no short loops, never EOS);
+    special tokens lead into the cycle.
+    """
+    embed = model.model.embed_tokens.weight
+    head = model.lm_head.weight
+    ordinary = [i for i in range(embed.shape[0]) if i not in special_ids]
+    rng.shuffle(ordinary)
+    successor = {t: ordinary[(k + 1) % len(ordinary)] for k, t in enumerate(ordinary)}
+    successor.update({t: ordinary[k] for k, t in enumerate(sorted(special_ids))})
+    for token, nxt in successor.items():
+        head[nxt] += spec.successor_strength * embed[token] / embed[token].norm()
+
+
 def build_tiny_model(dest: pathlib.Path) -> None:
     """Build the tokenizer and model into `dest` (an existing, empty directory)."""
     import torch
@@ -179,7 +205,7 @@ def build_tiny_model(dest: pathlib.Path) -> None:
         bos_token_id=ids[spec.bos_token],
         eos_token_id=ids[spec.eos_token],
         pad_token_id=ids[spec.pad_token],
-        dtype="float32",
+        dtype=spec.dtype,
     )
     model = LlamaForCausalLM(config).to(torch.float32)
     # Overwrite every weight from Python's `random` (its random() sequence is
@@ -192,8 +218,13 @@ def build_tiny_model(dest: pathlib.Path) -> None:
             if pname.endswith("norm.weight"):
                 param.fill_(1.0)
             else:
-                values = [(2.0 * rng.random() - 1.0) * a for _ in range(param.numel())]
+                scale = {"lm_head.weight": spec.lm_head_random_range}.get(pname, a)
+                if pname.endswith(("o_proj.weight", "down_proj.weight")):
+                    scale = spec.residual_out_range
+                values = [(2.0 * rng.random() - 1.0) * scale for _ in range(param.numel())]
                 param.copy_(torch.tensor(values, dtype=torch.float32).view(param.shape))
+        _add_successor_map(model, rng, spec, special_ids=set(tokenizer.all_special_ids))
+    model = model.to(getattr(torch, spec.dtype))
     model.generation_config = GenerationConfig(
         bos_token_id=ids[spec.bos_token], eos_token_id=ids[spec.eos_token], pad_token_id=ids[spec.pad_token]
     )
