@@ -18,7 +18,6 @@ import dataclasses
 import gc
 import inspect
 import os
-import shutil
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
@@ -103,11 +102,8 @@ def _normalize(prompt_ids, completion_ids, logprobs, logprob_token_ids) -> Gener
 
 
 def _rendezvous_port() -> int:
-    """A free port for the colocate engine's torch.distributed store (TCPStore on MASTER_PORT).
-
-    Preferably below the kernel's ephemeral range: ports there are never handed out to other processes'
-    outgoing connections or bind(0) probes, which is what made a bind(0) port taken between probe and use
-    (`EADDRINUSE`) on a busy machine. make_colocate also retries with a new port if that still happens."""
+    """Free port for the colocate engine's TCPStore (MASTER_PORT), below the ephemeral range if possible: a bind(0)
+    port was taken by another process between probe and use (EADDRINUSE) on a busy host."""
     import random
     import socket
 
@@ -131,18 +127,25 @@ def _rendezvous_port() -> int:
 
 def _teardown_distributed() -> None:
     gc.collect()
-    try:
-        from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
+    try:  # vLLM's own teardown: also gc.unfreeze()s (vLLM may gc.freeze() after start-up) and empties caches
+        from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
 
-        destroy_model_parallel()
-        destroy_distributed_environment()
+        cleanup_dist_env_and_memory()
     except ImportError:
-        pass
+        try:
+            from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
+
+            destroy_model_parallel()
+            destroy_distributed_environment()
+        except ImportError:
+            pass
     import torch
 
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
     gc.collect()
+    if torch.cuda.is_available():  # give the freed engine memory back to the driver (cuda lane)
+        torch.cuda.empty_cache()
 
 
 @dataclass(frozen=True)
@@ -222,11 +225,9 @@ class Backend:
 
     def serve_argv(self, model_path: str, *, host: str = "127.0.0.1", port: int, max_model_len: int | None = 512,
                    extra: Sequence[str] = ()) -> list[str]:
-        """argv of `trl vllm-serve` for the interpreter running this process.
-
-        The `trl` console script next to sys.executable (what users run) when trl is installed in this environment;
-        otherwise (a checkout on sys.path) the same entry point, `trl.cli:main`, through `python -c`. No --enforce_eager: colocate mode cannot set
-        it, so both modes run the same engine configuration (vLLM's default)."""
+        """argv of `trl vllm-serve`: the `trl` console script next to sys.executable (what users run) when this trl
+        is installed in this environment, else (a checkout on sys.path) the same entry point `trl.cli:main` via
+        `python -c`. No --enforce_eager: colocate mode cannot set it, so both modes run the same engine config."""
         script = os.path.join(os.path.dirname(sys.executable), "trl")
         if self.location.startswith(sys.prefix + os.sep) and os.access(script, os.X_OK):
             cmd = [script]
@@ -240,14 +241,19 @@ class Backend:
 
     @staticmethod
     def serve_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
-        env = dict(os.environ if base is None else base)
-        env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-        return env
+        return {"VLLM_CPU_KVCACHE_SPACE": "1", **(os.environ if base is None else base)}
 
     def make_client(self, base_url: str, connection_timeout: float = 0.0) -> ServerClient:
         from trl.generation.vllm_client import VLLMClient
 
-        return ServerClient(self, VLLMClient(base_url=base_url, connection_timeout=connection_timeout), base_url)
+        from .ports import free_port
+
+        kw: dict[str, Any] = {}
+        if "group_port" in inspect.signature(VLLMClient.__init__).parameters:
+            # The weight-sync group's port (init_communicator) defaults to a fixed 51216 in TRL: concurrent
+            # clients (xdist workers, parallel runs) would collide on it, so give each client a free one.
+            kw["group_port"] = free_port()
+        return ServerClient(self, VLLMClient(base_url=base_url, connection_timeout=connection_timeout, **kw), base_url)
 
     def _check_logprobs(self, sampling: SamplingOptions, params: frozenset) -> None:
         if "logprobs" not in params and sampling.logprobs != 0:
@@ -304,9 +310,19 @@ class ColocateGenerator:
     def close(self) -> None:
         """Free the engine and the torch.distributed state it created, so another engine can be built."""
         vg, self.vllm_generation = self.vllm_generation, None
-        if vg is not None and getattr(vg, "llm", None) is not None:
+        llm = getattr(vg, "llm", None) if vg is not None else None
+        if llm is not None:
             vg.llm = None
-        del vg
+            # Shut the engine core down explicitly (executor, worker, KV cache) instead of relying on the last
+            # reference going away: a traceback or a test may still hold the LLM. In-process with colocate's
+            # external_launcher executor; best effort, attribute names differ between vLLM releases.
+            shutdown = getattr(getattr(getattr(llm, "llm_engine", None), "engine_core", None), "shutdown", None)
+            if callable(shutdown):
+                try:
+                    shutdown()
+                except Exception:
+                    pass
+        del vg, llm
         _teardown_distributed()
 
 

