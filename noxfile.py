@@ -26,6 +26,7 @@ nox.options.default_venv_backend = "uv"
 nox.options.sessions = ["self-test"]
 # Give pytest time to stop its servers on Ctrl-C before nox escalates.
 PYTEST_INTERRUPT_TIMEOUT = 60.0
+RESULTS = ROOT / "results"  # each cell run writes its JSON result here; the gate session reads them
 
 
 @nox.session(name="self-test", python=MATRIX.python)
@@ -35,8 +36,28 @@ def self_test(session: nox.Session) -> None:
     session.run("pytest", "tests/plugin", *session.posargs)
 
 
+
+@nox.session(name="plans", python=MATRIX.python)
+def plans(session: nox.Session) -> None:
+    """Resolve the CUDA lane's install plans of all cells with uv (metadata only, no GPU): fails naming the
+    cell and quoting the resolver when one no longer resolves. Target: VLLMCOMPAT_TARGET or the matrix's."""
+    session.install("-e", f"{ROOT}[dev]")
+    target = os.environ.get(lanes.TARGET_ENV)
+    session.run("python", "-m", "pytest_vllmcompat", "plan", "--lane", "cuda", "--check",
+                *(["--target", target] if target else []), *session.posargs)
+
+
+@nox.session(name="gate", python=MATRIX.python)
+def gate(session: nox.Session) -> None:
+    """Release gate: results/*.json -> results/support.md + support.html; fails on missing/failed cells.
+
+    Default: all CPU-lane cells of the matrix's default target. `nox -s gate -- --lane cuda --require present` etc."""
+    session.install("-e", str(ROOT))
+    session.run("python", "-m", "pytest_vllmcompat", "gate", "--results", str(RESULTS), *session.posargs)
+
+
 def _cell_session(version: str):
-    @nox.session(name=f"vllm-{version}", python=MATRIX.python)
+    @nox.session(name=f"vllm-{version}", python=MATRIX.python, tags=["cell"])  # CI: nox -l --json -t cell
     @nox.parametrize("transformers", list(MATRIX.transformers), ids=[f"tf{t}" for t in MATRIX.transformers])
     def cell_session(session: nox.Session, transformers: str) -> None:
         cell = MATRIX.cell(version, transformers, lanes.resolve_lane(), os.environ.get(lanes.TARGET_ENV))
@@ -48,7 +69,7 @@ def _cell_session(version: str):
         session.run("python", "-m", "pytest_vllmcompat", "versions")
         env = {lanes.LANE_ENV: cell.lane, lanes.TARGET_ENV: cell.target}
         session.run(
-            "pytest", "tests/compat", *session.posargs,
+            "pytest", "tests/compat", "--vllm-results", str(RESULTS), *session.posargs,
             env=env, interrupt_timeout=PYTEST_INTERRUPT_TIMEOUT, terminate_timeout=30.0,
         )
 

@@ -30,10 +30,11 @@ class Setting:
 SETTINGS = (
     Setting("vllm_mode", "VLLMCOMPAT_MODE", "all", "which backend modes to test", MODE_CHOICES),
     Setting("vllm_model", "VLLMCOMPAT_MODEL", "", "model directory to use instead of the built-in tiny model"),
-    Setting("vllm_startup_timeout", "VLLMCOMPAT_STARTUP_TIMEOUT", "300", "seconds an engine or server may take to start", kind=float),
+    Setting("vllm_startup_timeout", "VLLMCOMPAT_STARTUP_TIMEOUT", "300", "seconds a server may take to answer its health check", kind=float),
     Setting("vllm_lane", "VLLMCOMPAT_LANE", "auto", "cpu or cuda lane (auto: cuda when a GPU is visible)", LANE_CHOICES),
-    Setting("vllm_target", "VLLMCOMPAT_TARGET", "", "backend target label (pip spec or checkout path) used to match known failures; default: the matrix's"),
+    Setting("vllm_target", "VLLMCOMPAT_TARGET", "", "backend target label (pip spec or checkout path) used to match known failures; default: trl==<installed version>"),
     Setting("vllm_cache_dir", "VLLMCOMPAT_CACHE_DIR", str(Path.home() / ".cache" / "pytest-vllmcompat"), "where the tiny model is built and kept"),
+    Setting("vllm_results", "VLLMCOMPAT_RESULTS", "", "directory to write this run's JSON result into (the gate reads it); default: none written"),
 )
 BY_NAME = {s.name: s for s in SETTINGS}
 

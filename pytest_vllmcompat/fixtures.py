@@ -10,14 +10,146 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import pytest
 
+from .results import record_startup
+
 CPU_ENGINE_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1"}  # GiB; plenty for the tiny model, the default is 4
 MAX_MODEL_LEN = 512
 STARTED_SERVERS: list = []  # for log tails in failure reports
+SERVER_FIXTURES: set[str] = {"vllm_server"}  # a failing test using one of these gets the servers' log tails
+PORT_ATTEMPTS = 3  # a free port can be taken between free_port() and the server's bind: retry with a new one
+
+
+@contextlib.contextmanager
+def running_server(request: pytest.FixtureRequest, name: str, argv_for: Callable[[str, int], Sequence[str]], *,
+                   log_dir: str | os.PathLike, startup_timeout: float, env: Mapping[str, str] | None = None,
+                   host: str = "127.0.0.1", health_path: str = "/health/", prestarted=None):
+    """Run `argv_for(host, port)` on a free port as a ServerProcess until the block exits: the code path of
+    `vllm_server`, reusable by fixtures starting other servers (the plugin's own tests start a tiny one).
+
+    Registers the server so failing tests using `request.fixturename` get its log tail, retries on a new port
+    when the server died with "address already in use", and stops the whole process group on exit
+    (including KeyboardInterrupt, which is also what SIGTERM to pytest becomes).
+
+    `prestarted`: a ServerProcess already start()ed (see `prestart_server`); it is the first attempt, so its
+    failures are reported exactly like those of a server started here."""
+    from .ports import free_port
+    from .server import ServerProcess, ServerStartupError
+
+    SERVER_FIXTURES.add(request.fixturename)
+    slug = "-".join(name.split())
+    for attempt in range(1, PORT_ATTEMPTS + 1):
+        if attempt == 1 and prestarted is not None:
+            server = prestarted  # started in the background at collection end: only wait for readiness
+        else:
+            port = free_port(host)
+            server = ServerProcess(name, argv_for(host, port), port=port,
+                                   health_url=f"http://{host}:{port}{health_path}",
+                                   log_path=os.path.join(log_dir, f"{slug}-{port}.log"), env=env,
+                                   startup_timeout=startup_timeout)
+            STARTED_SERVERS.append(server)
+        try:
+            _start_and_wait(server)  # stops the server on any failure, KeyboardInterrupt included
+        except ServerStartupError as exc:
+            if not exc.address_in_use or attempt == PORT_ATTEMPTS:
+                raise
+            STARTED_SERVERS.remove(server)  # port lost to another process between probe and bind: new port
+            continue
+        break
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _start_and_wait(server) -> None:
+    """ServerProcess.__enter__, for a server that may already have been started."""
+    if server.proc is None:
+        server.start()
+    try:
+        server.wait_ready()
+    except BaseException:
+        server.stop()
+        raise
+
+
+# --- early start of the session's server (issue #7) ---
+# `trl vllm-serve` takes ~40 s to answer /health/ on CPU. When the selected tests need both a colocate engine
+# and a server, the plugin starts the server at collection end (`prestart_server`) so its startup overlaps the
+# colocate engine build and tests; `vllm_server` then only waits for readiness. The prestarted server is exactly
+# what `vllm_server` would start (same argv, env, log dir, timeout): if anything differs when the fixture runs
+# it is stopped and a fresh one is started. Unused (e.g. `-x` stopped the run), it is stopped at unconfigure.
+PRESTART_ENV = "VLLMCOMPAT_PRESTART"  # "0" disables the early start
+SERVER_NAME = "trl vllm-serve"
+_PRESTARTED: dict = {}  # "server" -> ServerProcess started early, not yet claimed by vllm_server
+
+
+def _server_env(ctx) -> dict[str, str]:
+    return {**os.environ, **CPU_ENGINE_ENV} if ctx.lane == "cpu" else dict(os.environ)
+
+
+def _model_dir(ctx) -> Path:
+    if ctx.model is not None:
+        return ctx.model
+    from .models import tiny_model_path
+
+    return tiny_model_path(ctx.cache_dir)
+
+
+def prestart_server(config: pytest.Config, ctx) -> bool:
+    """Start the session's `trl vllm-serve` now, without waiting. Best effort: on any problem nothing is started
+    here and `vllm_server` starts (and reports) as it always did. Returns whether a server was started."""
+    import importlib.util
+
+    from .backend import Backend
+    from .ports import free_port
+    from .server import ServerProcess
+
+    try:
+        spec = importlib.util.find_spec("trl")  # trl's location without importing it (its patches apply later)
+        if spec is None or spec.origin is None:
+            return False
+        # Only serve_argv() is used, which needs only the package location.
+        stub = Backend("trl", "", os.path.dirname(spec.origin), False, frozenset(), frozenset())
+        model, host, port = _model_dir(ctx), "127.0.0.1", free_port()
+        log_dir = config._tmp_path_factory.mktemp("servers")
+        server = ServerProcess(SERVER_NAME, stub.serve_argv(str(model), host=host, port=port,
+                                                            max_model_len=MAX_MODEL_LEN),
+                               port=port, health_url=f"http://{host}:{port}/health/",
+                               log_path=os.path.join(log_dir, f"{'-'.join(SERVER_NAME.split())}-{port}.log"),
+                               env=_server_env(ctx), startup_timeout=ctx.startup_timeout)
+        server.start()
+    except Exception:
+        return False
+    STARTED_SERVERS.append(server)
+    _PRESTARTED["server"] = server
+    return True
+
+
+def _claim_prestarted(expected_argv_for: Callable[[str, int], Sequence[str]]):
+    """The prestarted server if it is the one `vllm_server` would start, else None (a mismatch is stopped)."""
+    server = _PRESTARTED.pop("server", None)
+    if server is None:
+        return None
+    if list(map(str, expected_argv_for("127.0.0.1", server.port))) != server.argv:
+        server.stop()
+        STARTED_SERVERS.remove(server)
+        return None
+    return server
+
+
+def stop_prestarted() -> None:
+    """Stop a prestarted server no test claimed (session ended early, interrupted, or deselected)."""
+    server = _PRESTARTED.pop("server", None)
+    if server is not None:
+        server.stop()
 
 
 def _context(request: pytest.FixtureRequest):
@@ -61,30 +193,22 @@ def vllm_engine_host(vllmcompat_context) -> None:
 
 @pytest.fixture(scope="session")
 def colocate_generator(vllm_engine_host, vllm_backend, vllm_model_dir):
+    started = time.monotonic()
     generator = vllm_backend.make_colocate(str(vllm_model_dir), max_model_length=MAX_MODEL_LEN)
+    record_startup("colocate_engine", time.monotonic() - started)
     yield generator
     generator.close()
 
 
 @pytest.fixture(scope="session")
-def vllm_server(vllm_engine_host, vllm_backend, vllm_model_dir, vllmcompat_context, tmp_path_factory):
-    from .ports import free_port
-    from .server import ServerProcess
+def vllm_server(request, vllm_engine_host, vllm_backend, vllm_model_dir, vllmcompat_context, tmp_path_factory):
+    def argv(host: str, port: int) -> list[str]:
+        return vllm_backend.serve_argv(str(vllm_model_dir), host=host, port=port, max_model_len=MAX_MODEL_LEN)
 
-    host, port = "127.0.0.1", free_port()
-    argv = vllm_backend.serve_argv(str(vllm_model_dir), host=host, port=port, max_model_len=MAX_MODEL_LEN)
-    log_dir = tmp_path_factory.mktemp("servers")
-    server = ServerProcess(
-        "trl vllm-serve",
-        argv,
-        port=port,
-        health_url=f"http://{host}:{port}/health/",
-        log_path=log_dir / f"vllm-serve-{port}.log",
-        env={**os.environ, **CPU_ENGINE_ENV} if vllmcompat_context.lane == "cpu" else dict(os.environ),
-        startup_timeout=vllmcompat_context.startup_timeout,
-    )
-    STARTED_SERVERS.append(server)
-    with server:
+    with running_server(request, SERVER_NAME, argv, log_dir=tmp_path_factory.mktemp("servers"),
+                        env=_server_env(vllmcompat_context), startup_timeout=vllmcompat_context.startup_timeout,
+                        prestarted=_claim_prestarted(argv)) as server:
+        record_startup("server", server.startup_seconds)
         yield server
 
 

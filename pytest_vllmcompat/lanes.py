@@ -155,3 +155,121 @@ def engine_blocker(matrix: Matrix, cell: Cell) -> str | None:
             "Pure-Python tests still run; engine tests need e.g. Debian 13 or Ubuntu 24.04."
         )
     return None
+
+
+# --- CUDA lane: install plans checked by the resolver, GPUs per xdist worker -----------------
+
+DEFAULT_PLATFORM = "x86_64-manylinux_2_28"  # what GPU runners are; uv resolves for it from anywhere
+REPORTED_PINS = ("vllm", "torch", "transformers", "trl", "xformers", "triton", "flashinfer-python")
+
+
+class PlanResolutionError(RuntimeError):
+    """The resolver found no solution (or could not run) for a cell's install plan."""
+
+    def __init__(self, cell: Cell, message: str, command: list[str]):
+        self.cell, self.resolver_message, self.command = cell, message, command
+        super().__init__(f"{cell} ({cell.session}): the install plan does not resolve:\n{message}")
+
+
+@dataclass(frozen=True)
+class ResolvedPlan:
+    cell: Cell
+    python_version: str
+    platform: str
+    pins: dict[str, str]  # every resolved distribution (normalized name) -> version
+    seconds: float
+
+    def pin(self, name: str) -> str | None:
+        return self.pins.get(_normalize_name(name))
+
+    def summary(self) -> str:
+        shown = " ".join(f"{n}=={self.pins[n]}" for n in REPORTED_PINS if n in self.pins)
+        return f"{self.cell.session} [{self.cell.lane}]: {shown} ({self.seconds:.1f} s)"
+
+
+def _normalize_name(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def uv_command() -> list[str]:
+    """uv on PATH, else the `uv` package of this interpreter (`python -m uv`)."""
+    import sys
+
+    found = shutil.which("uv")
+    if found:
+        return [found]
+    import importlib.util
+
+    if importlib.util.find_spec("uv") is not None:
+        return [sys.executable, "-m", "uv"]
+    raise FileNotFoundError("uv not found: install it (`pip install uv`, part of this project's [dev] extra)")
+
+
+def resolve_plan(plan: InstallPlan, python_version: str, platform: str = DEFAULT_PLATFORM,
+                 timeout: float = 300.0) -> ResolvedPlan:
+    """Resolve `plan` with `uv pip compile` for `python_version` / `platform` (metadata only, no wheel
+    downloads) and return the pins; raise PlanResolutionError naming the cell and quoting the resolver."""
+    import tempfile
+    import time
+
+    requirements = [r for r in plan.requirements if not _is_plugin_line(r)]
+    with tempfile.TemporaryDirectory(prefix="vllmcompat-plan-") as tmp:
+        req, ovr = Path(tmp, "requirements.in"), Path(tmp, "overrides.txt")
+        req.write_text("\n".join(requirements) + "\n")
+        cmd = [*uv_command(), "pip", "compile", "--quiet", "--no-header", "--no-annotate",
+               "--python-version", python_version, "--python-platform", platform, str(req)]
+        if plan.overrides:
+            ovr.write_text("\n".join(plan.overrides) + "\n")
+            cmd += ["--override", str(ovr)]
+        started = time.monotonic()
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise PlanResolutionError(plan.cell, f"uv pip compile did not finish within {timeout:.0f} s", cmd) from None
+        seconds = time.monotonic() - started
+    if out.returncode != 0:
+        message = (out.stderr.strip() or out.stdout.strip() or f"uv exited with {out.returncode}")
+        raise PlanResolutionError(plan.cell, message, cmd)
+    pins = {}
+    for line in out.stdout.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if "==" in line and not line.startswith("-"):
+            name, version = line.split("==", 1)
+            pins[_normalize_name(name.split("[", 1)[0].strip())] = version.split(";", 1)[0].strip()
+    return ResolvedPlan(plan.cell, python_version, platform, pins, seconds)
+
+
+def _is_plugin_line(requirement: str) -> bool:
+    """The editable line of this project (`-e <checkout>`): not part of the cell's resolution."""
+    if not requirement.startswith("-e "):
+        return False
+    try:
+        return Path(requirement[3:].strip()).resolve() == REPO_ROOT
+    except OSError:
+        return False
+
+
+def pin_gpu_for_worker(worker_id: str | None, gpu_count: int) -> str | None:
+    """CUDA_VISIBLE_DEVICES for pytest-xdist worker `gwN`: one GPU each, round robin (N mod gpu_count).
+    None for the controller (no/other worker id) or when there are no GPUs."""
+    match = re.fullmatch(r"gw(\d+)", worker_id or "")
+    if match is None or gpu_count <= 0:
+        return None
+    return str(int(match.group(1)) % gpu_count)
+
+
+CUDA_VISIBLE_ENV = "CUDA_VISIBLE_DEVICES"
+
+
+def gpu_skip_reason(lane: str, needed: int, have: int | None = None) -> str | None:
+    """Why a test marked `gpu(n=needed)` cannot run in this lane on this host (None: it can)."""
+    have = gpu_count() if have is None else have
+    plural = "GPU" if needed == 1 else "GPUs"
+    if lane != "cuda":
+        forced = f" (the lane is {lane}: {LANE_ENV} or --vllm-lane)" if have else ""
+        return f"{lane} lane: needs {needed} NVIDIA {plural} (CUDA lane); this host has {have}{forced}"
+    if have < needed:
+        visible = os.environ.get(CUDA_VISIBLE_ENV)
+        shown = f" ({CUDA_VISIBLE_ENV}={visible})" if visible is not None else ""
+        return f"cuda lane: needs {needed} NVIDIA {plural}; {have} visible{shown}"
+    return None

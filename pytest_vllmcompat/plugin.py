@@ -13,7 +13,9 @@ import pytest
 
 from . import config as settings
 from . import context
+from . import lanes
 from .fixtures import *  # noqa: F401,F403  (fixtures are registered by being in this module)
+from .fixtures import PRESTART_ENV, prestart_server, stop_prestarted
 
 CONTEXT_KEY = pytest.StashKey[context.Context]()
 SWEPT_KEY = pytest.StashKey[list]()
@@ -27,10 +29,35 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "vllm_mode(name): the test exercises this backend mode (colocate or server)")
     config.addinivalue_line("markers", "smoke: one generation test per mode; what the benchmark times")
+    config.addinivalue_line("markers", "gpu(n=1): needs n NVIDIA GPUs (CUDA lane)")
     if config.option.help:
         return
     config.stash[CONTEXT_KEY] = context.build(config)
     _stop_cleanly_on_sigterm()
+    _pin_gpu_for_xdist_worker(config.stash[CONTEXT_KEY].lane)
+
+
+def _pin_gpu_for_xdist_worker(lane: str) -> None:
+    """CUDA lane under xdist: worker gwN sees one GPU (N mod count), set before anything initializes CUDA.
+    A CUDA_VISIBLE_DEVICES set by the user wins."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if lane != "cuda" or not worker or lanes.CUDA_VISIBLE_ENV in os.environ:
+        return
+    pinned = lanes.pin_gpu_for_worker(worker, lanes.gpu_count())
+    if pinned is not None:
+        os.environ[lanes.CUDA_VISIBLE_ENV] = pinned
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Tests marked gpu(n) skip, before their fixtures start anything, unless this is the CUDA lane with n GPUs."""
+    marker = item.get_closest_marker("gpu")
+    if marker is None or CONTEXT_KEY not in item.config.stash:
+        return
+    needed = int(marker.kwargs.get("n", marker.args[0] if marker.args else 1))
+    reason = lanes.gpu_skip_reason(get_context(item.config).lane, needed)
+    if reason:
+        pytest.skip(reason)
 
 
 def _stop_cleanly_on_sigterm() -> None:
@@ -52,6 +79,30 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     from .server import sweep_leftovers
 
     session.config.stash[SWEPT_KEY] = sweep_leftovers()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:
+    """xdist controller: a worker that crashed (e.g. kill -9) could not stop its servers; they are owned by the
+    worker's pid, which is now gone, so sweep them at once instead of leaving them to the next run."""
+    if not error or CONTEXT_KEY not in node.config.stash:
+        return
+    import time
+
+    from .server import sweep_leftovers
+
+    # The controller can hear of the crash while the worker is still exiting (not yet a zombie), when its
+    # servers still look owned: sweep again for a few seconds until something is found.
+    deadline, swept = time.monotonic() + 3.0, []
+    while not swept and time.monotonic() < deadline:
+        swept = sweep_leftovers()
+        if not swept:
+            time.sleep(0.1)
+    node.config.stash.setdefault(SWEPT_KEY, []).extend(swept)
+    reporter = node.config.pluginmanager.get_plugin("terminalreporter")
+    for line in swept:
+        if reporter is not None:
+            reporter.write_line(f"vllmcompat swept a server of crashed worker {node.gateway.id}: {line}")
 
 
 def get_context(config: pytest.Config) -> context.Context:
@@ -96,13 +147,68 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = keep
 
 
+SERVER_USERS = frozenset({"vllm_server", "server_client"})
+
+
+def _needs_server(item: pytest.Item, lane: str) -> bool:
+    marker = item.get_closest_marker("gpu")
+    if marker is not None:
+        needed = int(marker.kwargs.get("n", marker.args[0] if marker.args else 1))
+        if lanes.gpu_skip_reason(lane, needed):
+            return False  # skipped before its fixtures run
+    return item_mode(item) == "server" or bool(SERVER_USERS.intersection(getattr(item, "fixturenames", ())))
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Issue #7: when a selected test will use the server, start it now, in the background, so its startup
+    overlaps the colocate engine build and the tests before it (`vllm_server` then only waits for /health/).
+    Not under xdist (which worker runs the server tests is not known here), not with --collect-only, not when
+    the host cannot run an engine (the fixture skips with the reason), not with VLLMCOMPAT_PRESTART=0."""
+    config = session.config
+    if (CONTEXT_KEY not in config.stash or config.option.collectonly or not session.items
+            or os.environ.get("PYTEST_XDIST_WORKER") or os.environ.get(PRESTART_ENV, "1") == "0"
+            or getattr(config.option, "numprocesses", None)):
+        return
+    ctx = get_context(config)
+    if "server" not in ctx.modes or not any(_needs_server(item, ctx.lane) for item in session.items):
+        return
+    if ctx.engine_blocker():
+        return
+    prestart_server(config, ctx)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    stop_prestarted()  # started early but never claimed (e.g. -x stopped the run first)
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     """A failing test that used a server gets the server's log tail in its report."""
     report = yield
-    if report.failed and "vllm_server" in getattr(item, "fixturenames", ()):
-        from .fixtures import STARTED_SERVERS
+    from .fixtures import SERVER_FIXTURES, STARTED_SERVERS
 
+    if report.failed and SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
         for server in STARTED_SERVERS:
             report.sections.append((f"{server.name} log tail ({server.log_path})", server.log_tail()))
     return report
+
+
+# --- results (--vllm-results DIR): one JSON file per run, written by the main process only ---
+
+
+@pytest.hookimpl(tryfirst=True)  # before the session runs (the main pytest_cmdline_main runs it)
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput"):  # xdist workers send their reports to the controller
+        from .results import ResultsWriter
+
+        config.pluginmanager.register(ResultsWriter(config), "vllmcompat-results")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's worker sends the report, and before ResultsWriter reads it
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Startup times recorded by the fixtures in this process travel with the next report."""
+    from . import results
+
+    startups = results.drain_startups()
+    if startups:
+        report.user_properties.append((results.STARTUP_PROPERTY, startups))

@@ -39,3 +39,47 @@ def greedy(model, tokenizer, prompt_ids: list[list[int]], max_tokens: int) -> li
                     break
             results.append(out)
     return results
+
+
+def chat_prompt_ids(tokenizer, conversation: list[dict]) -> list[int]:
+    """`tokenizer.apply_chat_template(conversation, add_generation_prompt=True)` as a list of token ids
+    (transformers 5 may return a BatchEncoding where 4 returns the list)."""
+    ids = tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True)
+    if hasattr(ids, "keys") and "input_ids" in ids:
+        ids = ids["input_ids"]
+    return [int(t) for t in ids]
+
+
+def sampled_logprobs(model, prompt_ids: list[list[int]], completion_ids: list[list[int]],
+                     temperature: float = 1.0) -> list[list[float]]:
+    """Log-probability of each completion token given the prompt and the completion before it, as vLLM's
+    `logprobs_mode="processed_logprobs"` defines it without top-k/top-p/penalties: log_softmax(logits / T),
+    in float32 (one teacher-forced forward pass per row)."""
+    import torch
+
+    results = []
+    with torch.no_grad():
+        for prompt, completion in zip(prompt_ids, completion_ids):
+            if not completion:
+                results.append([])
+                continue
+            seq = torch.tensor([list(prompt) + list(completion)])
+            logits = model(seq).logits[0, len(prompt) - 1: len(prompt) - 1 + len(completion)].float()
+            logp = torch.log_softmax(logits / temperature, dim=-1)
+            results.append([float(logp[i, tok]) for i, tok in enumerate(completion)])
+    return results
+
+
+def min_greedy_margin(model, prompt_ids: list[list[int]], completion_ids: list[list[int]]) -> float:
+    """Smallest top1 - top2 logit gap along the given (greedy) continuations: how much numerical noise (bf16)
+    greedy decoding can absorb without changing a token."""
+    import torch
+
+    margin = float("inf")
+    with torch.no_grad():
+        for prompt, completion in zip(prompt_ids, completion_ids):
+            seq = torch.tensor([list(prompt) + list(completion)])
+            logits = model(seq).logits[0, len(prompt) - 1: len(prompt) - 1 + len(completion)].float()
+            top2 = torch.topk(logits, 2, dim=-1).values
+            margin = min(margin, float((top2[:, 0] - top2[:, 1]).min()))
+    return margin

@@ -7,6 +7,7 @@ import pytest
 from pytest_vllmcompat import matrix
 
 REAL = matrix.DEFAULT_PATH.read_text()
+NEXT = len(matrix.load().known_failures)  # index of a known failure appended to the real file
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -67,13 +68,13 @@ def test_invalid_toml_names_the_file(tmp_path):
 
 def test_known_failure_without_cause_is_refused(tmp_path):
     path = write(tmp_path, REAL + '\n[[known_failures]]\ntest = "tests/compat/x.py::y"\n')
-    with pytest.raises(matrix.MatrixError, match=r"\[known_failures\[0\]\.cause\] is missing"):
+    with pytest.raises(matrix.MatrixError, match=rf"\[known_failures\[{NEXT}\]\.cause\] is missing"):
         matrix.load(path)
 
 
 def test_known_failure_with_unknown_key_is_refused(tmp_path):
     path = write(tmp_path, REAL + '\n[[known_failures]]\ntest = "a"\ncause = "b"\nvllm_version = "0.11.1"\n')
-    with pytest.raises(matrix.MatrixError, match=r"known_failures\[0\]\] has unknown keys \['vllm_version'\]"):
+    with pytest.raises(matrix.MatrixError, match=rf"known_failures\[{NEXT}\]\] has unknown keys \['vllm_version'\]"):
         matrix.load(path)
 
 

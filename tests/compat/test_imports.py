@@ -1,0 +1,84 @@
+"""The backend's vLLM-facing modules import in every cell, and its version gates take the branch the cell's
+vLLM needs. Pure Python: no engine, so these run in every cell (vLLM 0.10.2 on hosts that cannot load its _C
+included)."""
+
+import importlib
+import warnings
+
+import pytest
+from packaging.version import Version
+
+
+@pytest.fixture(scope="module")
+def cell(vllmcompat_context):
+    if vllmcompat_context.cell is None:
+        pytest.skip(f"not a matrix cell: {vllmcompat_context.matrix_problem}")
+    return vllmcompat_context.cell
+
+
+@pytest.mark.parametrize("module, names", [
+    ("trl.generation.vllm_generation", ["VLLMGeneration"]),
+    ("trl.generation.vllm_client", ["VLLMClient"]),
+    ("trl.scripts.vllm_serve", ["main", "make_parser", "llm_worker"]),
+    ("trl", ["GRPOTrainer", "GRPOConfig", "RLOOTrainer", "RLOOConfig"]),
+])
+def test_backend_module_imports(module, names):
+    mod = importlib.import_module(module)
+    for name in names:
+        assert callable(getattr(mod, name)), f"{module}.{name}"
+
+
+def test_server_binds_the_structured_output_class_the_installed_vllm_provides(cell):
+    """`trl.scripts.vllm_serve` imports `GuidedDecodingParams` when vLLM <= 0.10.2, else `StructuredOutputsParams`
+    (colocate `VLLMGeneration.generate` applies the same rule at call time; its behaviour is tested in
+    test_sampling.py::test_structured_output_regex). The chosen name must exist in this vLLM and be bound to
+    vLLM's own class."""
+    import vllm.sampling_params as sp
+
+    serve = importlib.import_module("trl.scripts.vllm_serve")
+    chosen, other = (("GuidedDecodingParams", "StructuredOutputsParams") if Version(cell.vllm) <= Version("0.10.2")
+                     else ("StructuredOutputsParams", "GuidedDecodingParams"))
+    assert hasattr(sp, chosen), f"vLLM {cell.vllm} has no vllm.sampling_params.{chosen}"
+    assert getattr(serve, chosen) is getattr(sp, chosen)
+    assert not hasattr(serve, other)
+
+
+def test_server_binds_get_open_port_from_where_the_installed_vllm_has_it(cell):
+    """vLLM 0.11.1 moved `get_open_port` to `vllm.utils.network_utils`; the server picks by version."""
+    serve = importlib.import_module("trl.scripts.vllm_serve")
+    home = "vllm.utils" if Version(cell.vllm) <= Version("0.11.0") else "vllm.utils.network_utils"
+    assert serve.get_open_port is getattr(importlib.import_module(home), "get_open_port")
+
+
+SUPPORTED_WARNING = ("TRL currently supports vLLM versions: 0.10.2, 0.11.0, 0.11.1, 0.11.2, 0.12.0. You have version "
+                     "{v} installed. We recommend installing a supported version to avoid compatibility issues.")
+
+
+def _is_vllm_available_warnings(monkeypatch, version: str | None):
+    import trl.import_utils as iu
+
+    if version is not None:
+        monkeypatch.setattr(iu, "_is_package_available",
+                            lambda name, return_version=False: (True, version) if return_version else True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        available = iu.is_vllm_available()
+    return available, [str(w.message) for w in caught]
+
+
+def test_is_vllm_available_does_not_warn_in_this_cell(cell, monkeypatch):
+    available, caught = _is_vllm_available_warnings(monkeypatch, None)
+    assert available is True
+    assert caught == []
+
+
+@pytest.mark.parametrize("version, warns", [
+    ("0.10.1", True), ("0.10.2", False), ("0.10.2.post2", False), ("0.11.0", False), ("0.11.1", False),
+    ("0.11.2", False), ("0.12.0", False),
+    # Raw packaging comparison: post and local versions sort above the release, so they warn.
+    ("0.12.0.post2", True), ("0.12.0+cpu", True), ("0.12.1", True), ("0.13.0", True),
+])
+def test_is_vllm_available_warns_exactly_outside_the_supported_range(monkeypatch, version, warns):
+    available, caught = _is_vllm_available_warnings(monkeypatch, version)
+    assert available is True
+    assert caught == ([SUPPORTED_WARNING.format(v=version)] if warns else [])

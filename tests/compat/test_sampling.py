@@ -1,0 +1,212 @@
+"""Sampling through the backend, written once and run in every selected mode (colocate `VLLMGeneration`,
+`trl vllm-serve` + `VLLMClient`): seeds, n completions, max_tokens, top_k, logprobs against a transformers
+fp32 reference, structured outputs, chat prompts.
+
+Seeding: colocate builds its `vllm.LLM` with the engine seed `accelerator.process_index // tp` (0 here), which
+seeds the engine's global generator: unseeded requests continue that stream, so two calls differ. A request
+seed reaches vLLM's `SamplingParams(seed=...)` in both modes through `generation_kwargs={"seed": s}` (TRL
+merges generation_kwargs into the sampling parameters); that is what the reproducibility tests use.
+"""
+
+import re
+
+import pytest
+
+from pytest_vllmcompat import reference
+from pytest_vllmcompat.backend import SamplingOptions
+
+PROMPTS = ["The quick brown fox", "Hello, world! This is", "0 1 2 3 4 5"]
+MAX_TOKENS = 16
+# The tiny model's successor map makes sampling at T=1 almost greedy; T=4 spreads it enough that different
+# seeds give different completions.
+HOT = 4.0
+# vLLM runs the bf16 checkpoint in bf16 (activations and logits included); the reference runs the same weights
+# in fp32. bf16 keeps 8 mantissa bits (relative rounding 2^-9 ~ 0.002 per op); over 2 layers the logits move by
+# a few hundredths, and a log-softmax difference is at most twice the largest logit difference. Measured max
+# |vLLM - reference| on the 0.11.1 cells: see LOGPROB_MEASURED; the tolerance leaves 2x+ margin above it and is
+# still far below the gap between plausible tokens (min top1-top2 margin ~4.7 logits).
+LOGPROB_TOLERANCE = 0.05
+LOGPROB_MEASURED = "max |diff| 0.016 (tf4 and tf5, T=1 and T=2)"
+
+
+@pytest.fixture(scope="session")
+def reference_model(vllm_model_dir):
+    return reference.load(str(vllm_model_dir))
+
+
+@pytest.fixture(scope="session")
+def prompt_ids(reference_model):
+    _, tokenizer = reference_model
+    return [tokenizer(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
+
+
+@pytest.fixture(scope="session")
+def greedy_reference(reference_model, prompt_ids):
+    return reference.greedy(*reference_model, prompt_ids, MAX_TOKENS)
+
+
+def seeded(seed: int, **kw) -> SamplingOptions:
+    return SamplingOptions(temperature=HOT, max_tokens=MAX_TOKENS, generation_kwargs={"seed": seed}, **kw)
+
+
+def test_same_request_seed_same_ids(vllm_generator):
+    first = vllm_generator.generate(PROMPTS, seeded(1234))
+    second = vllm_generator.generate(PROMPTS, seeded(1234))
+    other = vllm_generator.generate(PROMPTS, seeded(4321))
+    assert first.completion_ids == second.completion_ids
+    assert first.logprobs == second.logprobs
+    assert other.completion_ids != first.completion_ids, "different seeds should sample differently at T=4"
+
+
+def test_unseeded_sampling_is_random(vllm_generator, greedy_reference):
+    """No request seed: consecutive calls continue the engine's generator, so they differ (and differ from
+    greedy), i.e. the seed tests above are not passing because sampling is secretly greedy."""
+    sampling = SamplingOptions(temperature=HOT, max_tokens=MAX_TOKENS)
+    first, second = vllm_generator.generate(PROMPTS, sampling), vllm_generator.generate(PROMPTS, sampling)
+    assert first.completion_ids != second.completion_ids
+    assert first.completion_ids != greedy_reference
+
+
+def test_n_completions_per_prompt(vllm_generator, prompt_ids):
+    n = 4
+    out = vllm_generator.generate(PROMPTS, SamplingOptions(temperature=HOT, max_tokens=MAX_TOKENS, n=n))
+    assert out.prompt_ids == [ids for ids in prompt_ids for _ in range(n)]
+    assert len(out.completion_ids) == len(PROMPTS) * n
+    assert all(1 <= len(c) <= MAX_TOKENS for c in out.completion_ids)
+    for i in range(len(PROMPTS)):
+        group = out.completion_ids[i * n:(i + 1) * n]
+        assert len({tuple(c) for c in group}) > 1, f"prompt {i}: {n} identical completions at T={HOT}"
+
+
+@pytest.mark.vllm_mode("colocate")
+def test_colocate_request_seed_with_n_repeats_one_completion(colocate_generator):
+    """Colocate mode sends each prompt n times with n=1 (as the trainers do), so a request seed in
+    generation_kwargs gives every copy the same seed: the n completions are identical. (Server mode sends n and
+    vLLM gives child i the seed seed+i: see the next test.) Pinned because a trainer that sets a seed this way
+    gets zero-variance groups in colocate mode only."""
+    n = 3
+    out = colocate_generator.generate(PROMPTS, seeded(1234, n=n))
+    for i in range(len(PROMPTS)):
+        group = out.completion_ids[i * n:(i + 1) * n]
+        assert group == [group[0]] * n
+
+
+@pytest.mark.vllm_mode("server")
+def test_server_request_seed_with_n_gives_distinct_reproducible_completions(server_client):
+    n = 3
+    first, second = server_client.generate(PROMPTS, seeded(1234, n=n)), server_client.generate(PROMPTS, seeded(1234, n=n))
+    assert first.completion_ids == second.completion_ids
+    for i in range(len(PROMPTS)):
+        group = first.completion_ids[i * n:(i + 1) * n]
+        assert len({tuple(c) for c in group}) > 1
+
+
+@pytest.mark.vllm_mode("colocate")
+def test_colocate_greedy_with_n_repeats_the_greedy_completion(colocate_generator, greedy_reference):
+    """Colocate sends n=1 per copy, so greedy with n>1 is allowed and every copy is the greedy completion."""
+    out = colocate_generator.generate(PROMPTS, SamplingOptions.greedy(MAX_TOKENS, n=2))
+    assert out.completion_ids == [c for c in greedy_reference for _ in range(2)]
+
+
+@pytest.mark.vllm_mode("server")
+def test_server_greedy_with_n_is_refused_with_500(server_client, vllm_server):
+    """Server mode passes n to vLLM's SamplingParams, which rejects greedy with n>1; the server answers 500 and
+    logs vLLM's ValueError. Raw HTTP: VLLMClient would retry a 500 three times (backoff 2+4+8 s) first."""
+    import requests
+
+    with requests.Session() as http:
+        http.trust_env = False
+        r = http.post(f"{vllm_server.base_url}/generate/", timeout=60,
+                      json={"prompts": PROMPTS[:1], "n": 2, "temperature": 0.0, "max_tokens": 4})
+        assert r.status_code == 500
+        assert r.text == "Internal Server Error"
+        assert "ValueError: n must be 1 when using greedy sampling, got 2." in vllm_server.log_path.read_text(errors="replace")
+        # still serving
+        ok = http.post(f"{vllm_server.base_url}/generate/", timeout=60, json={"prompts": PROMPTS[:1], "max_tokens": 2})
+        assert ok.status_code == 200
+
+
+@pytest.mark.parametrize("max_tokens", [1, 7])
+def test_max_tokens_is_exact_when_eos_is_ignored(vllm_generator, max_tokens):
+    out = vllm_generator.generate(PROMPTS, SamplingOptions(temperature=HOT, max_tokens=max_tokens,
+                                                           generation_kwargs={"ignore_eos": True, "seed": 1}))
+    assert [len(c) for c in out.completion_ids] == [max_tokens] * len(PROMPTS)
+
+
+def test_max_tokens_bounds_greedy(vllm_generator, greedy_reference):
+    out = vllm_generator.generate(PROMPTS, SamplingOptions.greedy(5))
+    assert out.completion_ids == [c[:5] for c in greedy_reference]
+
+
+def test_top_k_1_equals_greedy(vllm_generator, greedy_reference):
+    out = vllm_generator.generate(PROMPTS, SamplingOptions(temperature=HOT, top_k=1, max_tokens=MAX_TOKENS))
+    assert out.completion_ids == greedy_reference
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_sampled_token_logprobs_match_transformers(vllm_generator, reference_model, prompt_ids, temperature):
+    """TRL asks vLLM for processed logprobs (after temperature scaling): log_softmax(logits / T) of the sampled
+    token, compared with the fp32 reference on the same weights (see LOGPROB_TOLERANCE for the bound)."""
+    model, _ = reference_model
+    out = vllm_generator.generate(PROMPTS, SamplingOptions(temperature=temperature, max_tokens=MAX_TOKENS,
+                                                           generation_kwargs={"seed": 7}))
+    assert out.prompt_ids == prompt_ids
+    expected = reference.sampled_logprobs(model, out.prompt_ids, out.completion_ids, temperature)
+    assert [len(r) for r in out.logprobs] == [len(r) for r in expected]
+    diffs = [abs(a - b) for got, ref in zip(out.logprobs, expected) for a, b in zip(got, ref)]
+    print(f"max |logprob diff| at T={temperature}: {max(diffs):.5f} over {len(diffs)} tokens")
+    assert max(diffs) <= LOGPROB_TOLERANCE, f"max |logprob diff| {max(diffs):.4f} > {LOGPROB_TOLERANCE}"
+
+
+@pytest.fixture
+def recovered_colocate_engine(colocate_generator, greedy_reference):
+    """For requests that may fail inside the in-process engine: afterwards, abort whatever the failed call left
+    in the engine and check it generates the greedy reference again (later tests share this engine)."""
+    yield colocate_generator
+    engine = colocate_generator.llm.llm_engine
+    stuck = list(getattr(engine.output_processor, "request_states", {}))
+    if stuck:
+        engine.abort_request(stuck)
+    out = colocate_generator.generate(PROMPTS, SamplingOptions.greedy(MAX_TOKENS))
+    assert out.completion_ids == greedy_reference, "the colocate engine did not recover"
+
+
+@pytest.mark.vllm_mode("colocate")
+def test_structured_output_regex(recovered_colocate_engine, reference_model):
+    """structured_outputs_regex reaches vLLM as StructuredOutputsParams (GuidedDecodingParams on 0.10.2): every
+    completion, decoded, is exactly three digits, then EOS (the grammar allows nothing else). Server mode:
+    test_server_endpoints.py::test_structured_output_regex_over_http (on a disposable server)."""
+    _, tokenizer = reference_model
+    regex = "[0-9]{3}"
+    out = recovered_colocate_engine.generate(PROMPTS, SamplingOptions(temperature=HOT, max_tokens=MAX_TOKENS,
+                                                                      structured_outputs_regex=regex,
+                                                                      generation_kwargs={"seed": 3}))
+    texts = [tokenizer.decode(c, skip_special_tokens=True) for c in out.completion_ids]
+    assert all(re.fullmatch(regex, t) for t in texts), texts
+    assert all(c[-1] == tokenizer.eos_token_id for c in out.completion_ids)
+
+
+@pytest.mark.vllm_mode("colocate")
+def test_colocate_over_long_prompt_raises_and_the_engine_keeps_working(recovered_colocate_engine):
+    """A prompt longer than max_model_len (512): vLLM's input processor refuses it before scheduling. Server mode:
+    test_server_endpoints.py::test_over_long_prompt_is_an_error_and_the_server_keeps_serving."""
+    length = 512 + 88
+    with pytest.raises(ValueError) as info:
+        recovered_colocate_engine.generate([[7] * length], SamplingOptions.greedy(4))
+    assert str(info.value) == (f"The decoder prompt (length {length}) is longer than the maximum model length of "
+                               "512. Make sure that `max_model_len` is no smaller than the number of text tokens.")
+
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "Hello, world! How are you today?"}],
+    [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "What is two plus two?"},
+     {"role": "assistant", "content": "four"}, {"role": "user", "content": "And three plus three?"}],
+]
+
+
+def test_chat_prompts_use_the_chat_template(vllm_generator, reference_model):
+    model, tokenizer = reference_model
+    expected_prompts = [reference.chat_prompt_ids(tokenizer, c) for c in CONVERSATIONS]
+    out = vllm_generator.generate(CONVERSATIONS, SamplingOptions.greedy(MAX_TOKENS))
+    assert out.prompt_ids == expected_prompts
+    assert out.completion_ids == reference.greedy(model, tokenizer, expected_prompts, MAX_TOKENS)

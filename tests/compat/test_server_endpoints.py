@@ -1,0 +1,132 @@
+"""`trl vllm-serve` endpoints over raw HTTP and through `VLLMClient`: health, world size, prefix-cache reset,
+request validation, over-long prompts, and the client's behaviour when nothing listens.
+
+Raw HTTP uses a fresh connection per request (`requests.post`, not a Session): after a 500 uvicorn closes the
+connection, and a pooled keep-alive connection would then fail with ConnectionResetError on reuse.
+"""
+
+import os
+import time
+
+import pytest
+import requests
+
+from pytest_vllmcompat.fixtures import CPU_ENGINE_ENV, MAX_MODEL_LEN, running_server
+
+pytestmark = pytest.mark.vllm_mode("server")
+
+NO_PROXY = {"http": None, "https": None}  # talk to 127.0.0.1 directly whatever the environment's proxies
+HTTP_TIMEOUT = 60  # s; generous for a 2-core CPU runner, the calls below take well under a second unloaded
+BREAKING_TIMEOUT = 30  # s; for the requests that hang the server on some cells (matrix/support.toml)
+
+
+def get(server, path):
+    return requests.get(f"{server.base_url}{path}", timeout=HTTP_TIMEOUT, proxies=NO_PROXY)
+
+
+def post(server, path, timeout=HTTP_TIMEOUT, **kw):
+    return requests.post(f"{server.base_url}{path}", timeout=timeout, proxies=NO_PROXY, **kw)
+
+
+def assert_serving(server):
+    assert get(server, "/health/").json() == {"status": "ok"}
+    r = post(server, "/generate/", json={"prompts": ["Hello"], "temperature": 0.0, "max_tokens": 2})
+    assert r.status_code == 200, r.text
+    assert len(r.json()["completion_ids"][0]) == 2
+
+
+def test_health(vllm_server):
+    r = get(vllm_server, "/health/")
+    assert (r.status_code, r.json()) == (200, {"status": "ok"})
+
+
+def test_world_size(vllm_server):
+    r = get(vllm_server, "/get_world_size/")
+    assert (r.status_code, r.json()) == (200, {"world_size": 1})  # tensor_parallel_size 1 x data_parallel_size 1
+
+
+def test_reset_prefix_cache(vllm_server):
+    r = post(vllm_server, "/reset_prefix_cache/")
+    assert r.status_code == 200
+    assert r.json()["message"].startswith("Request received, resetting prefix cache status: ")
+
+
+def test_client_health_check_and_reset_prefix_cache(server_client):
+    server_client.client.check_server(total_timeout=5)  # returns once /health/ answers 200
+    server_client.reset_prefix_cache()  # raises on a non-200 answer
+    assert server_client.health() == 200
+
+
+@pytest.mark.parametrize("body, error", [
+    ({}, {"type": "missing", "loc": ["body", "prompts"], "msg": "Field required", "input": {}}),
+    ({"prompts": "Hello"}, {"type": "list_type", "loc": ["body", "prompts", "list[str]"],
+                            "msg": "Input should be a valid list", "input": "Hello"}),
+    ({"prompts": ["Hello"], "n": "two"}, {"type": "int_parsing", "loc": ["body", "n"],
+                                          "msg": "Input should be a valid integer, unable to parse string as an integer",
+                                          "input": "two"}),
+], ids=["missing-prompts", "prompts-not-a-list", "n-not-an-int"])
+def test_malformed_generate_request_is_422_and_the_server_keeps_serving(vllm_server, body, error):
+    r = post(vllm_server, "/generate/", json=body)
+    assert r.status_code == 422
+    assert r.json()["detail"][0] == error
+    assert_serving(vllm_server)
+
+
+@pytest.fixture
+def disposable_server(request, vllm_engine_host, vllm_backend, vllm_model_dir, vllmcompat_context, tmp_path):
+    """A `trl vllm-serve` of its own, for requests that may break the server (the session server must not be)."""
+    def argv(host, port):
+        return vllm_backend.serve_argv(str(vllm_model_dir), host=host, port=port, max_model_len=MAX_MODEL_LEN)
+
+    env = {**os.environ, **CPU_ENGINE_ENV} if vllmcompat_context.lane == "cpu" else dict(os.environ)
+    with running_server(request, "trl vllm-serve (disposable)", argv, log_dir=tmp_path, env=env,
+                        startup_timeout=vllmcompat_context.startup_timeout) as server:
+        yield server
+
+
+def test_over_long_prompt_is_an_error_and_the_server_keeps_serving(disposable_server):
+    """A prompt longer than max_model_len: vLLM's input processor raises ValueError ("The decoder prompt (length
+    N) is longer than the maximum model length of 512. ...") in the server's LLM worker process. Expected of a
+    server: an error answer (500, as for other exceptions in the endpoint) and then business as usual."""
+    r = post(disposable_server, "/generate/", json={"prompts": [[7] * (MAX_MODEL_LEN + 88)], "max_tokens": 4},
+             timeout=BREAKING_TIMEOUT)
+    assert r.status_code == 500
+    assert_serving(disposable_server)
+
+
+def test_structured_output_regex_over_http(disposable_server, vllm_model_dir):
+    """The server-side twin of test_sampling.py::test_structured_output_regex, on a disposable server (on the CPU
+    lane the request kills the engine, see matrix/support.toml)."""
+    import re
+
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(vllm_model_dir))
+    r = post(disposable_server, "/generate/", json={"prompts": ["The quick brown fox", "0 1 2 3 4 5"],
+                                                    "temperature": 4.0, "max_tokens": 16,
+                                                    "structured_outputs_regex": "[0-9]{3}",
+                                                    "generation_kwargs": {"seed": 3}}, timeout=BREAKING_TIMEOUT)
+    assert r.status_code == 200, r.text
+    texts = [tokenizer.decode(c, skip_special_tokens=True) for c in r.json()["completion_ids"]]
+    assert all(re.fullmatch("[0-9]{3}", t) for t in texts), texts
+    assert_serving(disposable_server)
+
+
+def test_client_without_server_raises_connection_error_after_the_timeout(vllm_backend):
+    """VLLMClient polls /health/ every 2 s until `connection_timeout` has passed, then raises. With 2 s: one
+    refused attempt at t=0, sleep 2 s, a second refused attempt, raise (measured ~2.0 s)."""
+    from trl.generation.vllm_client import VLLMClient
+
+    from pytest_vllmcompat.ports import free_port
+
+    port = free_port("127.0.0.1")
+    base_url = f"http://127.0.0.1:{port}"
+    started = time.monotonic()
+    with pytest.raises(ConnectionError) as info:
+        VLLMClient(base_url=base_url, connection_timeout=2)
+    elapsed = time.monotonic() - started
+    assert type(info.value) is ConnectionError  # the builtin, not requests.exceptions.ConnectionError
+    assert str(info.value) == (f"The vLLM server can't be reached at {base_url} after 2 seconds. Make sure the "
+                               "server is running by running `trl vllm-serve`.")
+    assert isinstance(info.value.__cause__, requests.exceptions.ConnectionError)
+    assert 2.0 <= elapsed <= 2.0 + 1.5, f"raised after {elapsed:.2f} s"

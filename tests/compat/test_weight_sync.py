@@ -1,0 +1,58 @@
+"""Colocate weight sync: `VLLMGeneration.sync_weights()` pushes the trainer's (HF model's) parameters into the
+in-process engine, which then generates what transformers predicts for the new weights.
+
+Server-mode weight sync (NCCL) needs CUDA: tests/compat/test_gpu.py.
+"""
+
+import pytest
+import torch
+
+from pytest_vllmcompat import reference
+from pytest_vllmcompat.backend import SamplingOptions
+
+PROMPTS = ["The quick brown fox", "Hello, world! This is", "0 1 2 3 4 5"]
+MAX_TOKENS = 16
+
+pytestmark = pytest.mark.vllm_mode("colocate")
+
+
+def greedy(generator):
+    return generator.generate(PROMPTS, SamplingOptions.greedy(MAX_TOKENS))
+
+
+@pytest.fixture
+def perturbable_model(colocate_generator):
+    """The colocate generator's HF model; whatever a test does to its weights, they are restored and synced
+    back into the engine afterwards (and checked), so later tests see the original weights."""
+    model = colocate_generator.model
+    saved = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+    original = greedy(colocate_generator)
+    yield model
+    with torch.no_grad():
+        model.load_state_dict(saved)
+    colocate_generator.sync_weights()
+    assert greedy(colocate_generator).completion_ids == original.completion_ids, "weights not restored"
+
+
+def test_sync_weights_makes_the_engine_follow_the_new_weights(colocate_generator, perturbable_model):
+    model, tokenizer = perturbable_model, colocate_generator.tokenizer
+    before = greedy(colocate_generator)
+    assert before.completion_ids == reference.greedy(model, tokenizer, before.prompt_ids, MAX_TOKENS)
+
+    with torch.no_grad():
+        # A new successor map: rotate lm_head's rows (a permutation keeps the logit margins, so greedy stays robust
+        # to bf16), and move the embeddings a little (every layer's input changes).
+        head = model.get_output_embeddings().weight
+        head.copy_(torch.roll(head, shifts=1, dims=0))
+        emb = model.get_input_embeddings().weight
+        emb.add_(torch.randn(emb.shape, generator=torch.Generator().manual_seed(0)) * 0.01 * emb.std())
+    expected = reference.greedy(model, tokenizer, before.prompt_ids, MAX_TOKENS)
+    assert expected != before.completion_ids, "precondition: the perturbation changes greedy predictions"
+    assert reference.min_greedy_margin(model, before.prompt_ids, expected) > 1.0, "precondition: bf16-robust"
+
+    unsynced = greedy(colocate_generator)
+    assert unsynced.completion_ids == before.completion_ids, "the engine changed before sync_weights()"
+    colocate_generator.sync_weights()
+    after = greedy(colocate_generator)
+    assert after.prompt_ids == before.prompt_ids
+    assert after.completion_ids == expected
