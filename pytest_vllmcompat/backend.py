@@ -148,6 +148,25 @@ def _teardown_distributed() -> None:
         torch.cuda.empty_cache()
 
 
+def serve_argv(trl_location: str, model_path: str, *, host: str = "127.0.0.1", port: int,
+               max_model_len: int | None = 512, extra: Sequence[str] = ()) -> list[str]:
+    """argv of `trl vllm-serve` for the trl package at `trl_location` (needs no import of trl, so the server can
+    be started before the backend is loaded): the `trl` console script next to sys.executable (what users run)
+    when that trl is installed in this environment, else (a checkout on sys.path) the same entry point
+    `trl.cli:main` via `python -c`. No --enforce_eager: colocate mode cannot set it, so both modes run the same
+    engine config."""
+    script = os.path.join(os.path.dirname(sys.executable), "trl")
+    if trl_location.startswith(sys.prefix + os.sep) and os.access(script, os.X_OK):
+        cmd = [script]
+    else:  # e.g. a checkout put on sys.path: make the child import this same trl
+        cmd = [sys.executable, "-c", f"import sys; sys.path.insert(0, {os.path.dirname(trl_location)!r}); "
+               "sys.argv[0] = 'trl'; from trl.cli import main; sys.exit(main())"]
+    argv = cmd + ["vllm-serve", "--model", str(model_path), "--host", host, "--port", str(port)]
+    if max_model_len is not None:
+        argv += ["--max_model_len", str(max_model_len)]
+    return argv + [str(a) for a in extra]
+
+
 @dataclass(frozen=True)
 class Backend:
     name: str
@@ -225,19 +244,7 @@ class Backend:
 
     def serve_argv(self, model_path: str, *, host: str = "127.0.0.1", port: int, max_model_len: int | None = 512,
                    extra: Sequence[str] = ()) -> list[str]:
-        """argv of `trl vllm-serve`: the `trl` console script next to sys.executable (what users run) when this trl
-        is installed in this environment, else (a checkout on sys.path) the same entry point `trl.cli:main` via
-        `python -c`. No --enforce_eager: colocate mode cannot set it, so both modes run the same engine config."""
-        script = os.path.join(os.path.dirname(sys.executable), "trl")
-        if self.location.startswith(sys.prefix + os.sep) and os.access(script, os.X_OK):
-            cmd = [script]
-        else:  # e.g. a checkout put on sys.path: make the child import this same trl
-            cmd = [sys.executable, "-c", f"import sys; sys.path.insert(0, {os.path.dirname(self.location)!r}); "
-                   "sys.argv[0] = 'trl'; from trl.cli import main; sys.exit(main())"]
-        argv = cmd + ["vllm-serve", "--model", str(model_path), "--host", host, "--port", str(port)]
-        if max_model_len is not None:
-            argv += ["--max_model_len", str(max_model_len)]
-        return argv + [str(a) for a in extra]
+        return serve_argv(self.location, model_path, host=host, port=port, max_model_len=max_model_len, extra=extra)
 
     @staticmethod
     def serve_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -274,8 +281,10 @@ class ColocateGenerator:
         if self.backend.token_id_prompts:  # tokenized as TRL's GRPOTrainer._tokenize_prompts does
             if isinstance(prompt, str):
                 return self.tokenizer(text=prompt)["input_ids"]
-            if _is_chat(prompt):
-                return list(self.tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True))
+            if _is_chat(prompt):  # return_dict=True as TRL does: transformers 5 returns a BatchEncoding by default
+                encoded = self.tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True,
+                                                             return_dict=True)
+                return [int(t) for t in encoded["input_ids"]]
             return [int(t) for t in prompt]
         # Text releases: strings are tokenized by vLLM, chats go to LLM.chat; token ids as a vLLM TokensPrompt.
         return {"prompt_token_ids": [int(t) for t in prompt]} if _is_ids(prompt) else prompt

@@ -49,12 +49,8 @@ def running_server(request: pytest.FixtureRequest, name: str, argv_for: Callable
         if attempt == 1 and prestarted is not None:
             server = prestarted  # started in the background at collection end: only wait for readiness
         else:
-            port = free_port(host)
-            server = ServerProcess(name, argv_for(host, port), port=port,
-                                   health_url=f"http://{host}:{port}{health_path}",
-                                   log_path=os.path.join(log_dir, f"{slug}-{port}.log"), env=env,
-                                   startup_timeout=startup_timeout)
-            STARTED_SERVERS.append(server)
+            server = new_server(name, argv_for, log_dir=log_dir, startup_timeout=startup_timeout, env=env,
+                                host=host, health_path=health_path)
         try:
             _start_and_wait(server)  # stops the server on any failure, KeyboardInterrupt included
         except ServerStartupError as exc:
@@ -67,6 +63,22 @@ def running_server(request: pytest.FixtureRequest, name: str, argv_for: Callable
         yield server
     finally:
         server.stop()
+
+
+def new_server(name: str, argv_for: Callable[[str, int], Sequence[str]], *, log_dir: str | os.PathLike,
+               startup_timeout: float, env: Mapping[str, str] | None = None, host: str = "127.0.0.1",
+               health_path: str = "/health/"):
+    """A ServerProcess (not started) for `argv_for(host, port)` on a free port, logging into `log_dir`,
+    registered so that failing tests get its log tail."""
+    from .ports import free_port
+    from .server import ServerProcess
+
+    port = free_port(host)
+    server = ServerProcess(name, argv_for(host, port), port=port, health_url=f"http://{host}:{port}{health_path}",
+                           log_path=os.path.join(log_dir, f"{'-'.join(name.split())}-{port}.log"), env=env,
+                           startup_timeout=startup_timeout)
+    STARTED_SERVERS.append(server)
+    return server
 
 
 def _start_and_wait(server) -> None:
@@ -108,27 +120,22 @@ def prestart_server(config: pytest.Config, ctx) -> bool:
     here and `vllm_server` starts (and reports) as it always did. Returns whether a server was started."""
     import importlib.util
 
-    from .backend import Backend
-    from .ports import free_port
-    from .server import ServerProcess
+    from .backend import serve_argv
 
     try:
         spec = importlib.util.find_spec("trl")  # trl's location without importing it (its patches apply later)
         if spec is None or spec.origin is None:
             return False
-        # Only serve_argv() is used, which needs only the package location.
-        stub = Backend("trl", "", os.path.dirname(spec.origin), False, frozenset(), frozenset())
-        model, host, port = _model_dir(ctx), "127.0.0.1", free_port()
-        log_dir = config._tmp_path_factory.mktemp("servers")
-        server = ServerProcess(SERVER_NAME, stub.serve_argv(str(model), host=host, port=port,
-                                                            max_model_len=MAX_MODEL_LEN),
-                               port=port, health_url=f"http://{host}:{port}/health/",
-                               log_path=os.path.join(log_dir, f"{'-'.join(SERVER_NAME.split())}-{port}.log"),
-                               env=_server_env(ctx), startup_timeout=ctx.startup_timeout)
+        trl_location, model = os.path.dirname(spec.origin), str(_model_dir(ctx))
+        server = new_server(
+            SERVER_NAME,
+            lambda host, port: serve_argv(trl_location, model, host=host, port=port, max_model_len=MAX_MODEL_LEN),
+            log_dir=config._tmp_path_factory.mktemp("servers"), startup_timeout=ctx.startup_timeout,
+            env=_server_env(ctx),
+        )
         server.start()
     except Exception:
         return False
-    STARTED_SERVERS.append(server)
     _PRESTARTED["server"] = server
     return True
 

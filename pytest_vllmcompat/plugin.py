@@ -122,20 +122,27 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize(MODE_PARAM, settings.MODES, ids=settings.MODES, scope="session")
 
 
-def item_mode(item: pytest.Item) -> str | None:
+# Fixtures that bind a test to a mode even without a `vllm_mode` parameter or marker.
+MODE_FIXTURES = {"colocate_generator": "colocate", "vllm_server": "server", "server_client": "server"}
+
+
+def item_modes(item: pytest.Item) -> set[str]:
+    """The backend modes a test exercises: its `vllm_mode` parameter, else its marker, else the mode
+    fixtures it uses. Empty for mode-independent tests (identity, patches, imports)."""
     callspec = getattr(item, "callspec", None)
     if callspec is not None and MODE_PARAM in callspec.params:
-        return callspec.params[MODE_PARAM]
+        return {callspec.params[MODE_PARAM]}
     marker = item.get_closest_marker("vllm_mode")
-    return marker.args[0] if marker else None
+    if marker:
+        return {marker.args[0]}
+    return {MODE_FIXTURES[name] for name in getattr(item, "fixturenames", ()) if name in MODE_FIXTURES}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     ctx = get_context(config)
     keep, drop = [], []
     for item in items:
-        mode = item_mode(item)
-        if mode is not None and mode not in ctx.modes:
+        if not item_modes(item) <= set(ctx.modes):
             drop.append(item)
             continue
         keep.append(item)
@@ -147,16 +154,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = keep
 
 
-SERVER_USERS = frozenset({"vllm_server", "server_client"})
-
-
 def _needs_server(item: pytest.Item, lane: str) -> bool:
     marker = item.get_closest_marker("gpu")
     if marker is not None:
         needed = int(marker.kwargs.get("n", marker.args[0] if marker.args else 1))
         if lanes.gpu_skip_reason(lane, needed):
             return False  # skipped before its fixtures run
-    return item_mode(item) == "server" or bool(SERVER_USERS.intersection(getattr(item, "fixturenames", ())))
+    return "server" in item_modes(item)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

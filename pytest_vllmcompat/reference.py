@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+# The suite's standard prompts and completion length (shared by tests and the benchmark).
+PROMPTS = ["The quick brown fox", "Hello, world! This is", "0 1 2 3 4 5"]
+MAX_TOKENS = 16
+
 
 def load(model_dir: str):
     """(model, tokenizer) from `model_dir`, float32 on CPU, in eval mode."""

@@ -9,9 +9,8 @@ import torch
 
 from pytest_vllmcompat import reference
 from pytest_vllmcompat.backend import SamplingOptions
+from pytest_vllmcompat.reference import MAX_TOKENS, PROMPTS
 
-PROMPTS = ["The quick brown fox", "Hello, world! This is", "0 1 2 3 4 5"]
-MAX_TOKENS = 16
 
 pytestmark = pytest.mark.vllm_mode("colocate")
 

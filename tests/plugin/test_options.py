@@ -148,3 +148,31 @@ def test_header_names_the_cell(pytester):
     pytester.makepyfile("def test_x():\n    pass\n")
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--vllm-mode=server", "--vllm-lane=cpu")
     result.stdout.fnmatch_lines(["vllmcompat cell: * | lane cpu | target * | modes server", "vllmcompat versions: *torch*transformers*trl*"])
+
+
+FIXTURE_MODE_TESTS = """
+def test_uses_server(vllm_server):
+    pass
+
+def test_uses_client(server_client):
+    pass
+
+def test_uses_colocate(colocate_generator):
+    pass
+
+def test_uses_nothing():
+    pass
+"""
+
+
+@pytest.mark.parametrize(
+    "mode, expected",
+    [
+        ("server", ["test_uses_server", "test_uses_client", "test_uses_nothing"]),
+        ("colocate", ["test_uses_colocate", "test_uses_nothing"]),
+    ],
+)
+def test_mode_fixtures_bind_unmarked_tests_to_their_mode(pytester, mode, expected):
+    pytester.makepyfile(test_fixture_modes=FIXTURE_MODE_TESTS)
+    result = pytester.runpytest_subprocess("--co", "-q", "-p", "no:cacheprovider", f"--vllm-mode={mode}")
+    assert [line.split("::")[1] for line in result.outlines if "::" in line] == expected
