@@ -148,6 +148,15 @@ def _teardown_distributed() -> None:
         torch.cuda.empty_cache()
 
 
+# Log lines of `trl vllm-serve` that mean it will never answer /health/ although its main process lives on:
+# its LLM worker (a multiprocessing.Process) died, or vLLM's engine core failed to start.
+SERVE_FATAL_LOG_PATTERNS = (
+    r"^Process \S+-\d+:$",  # multiprocessing's header before the traceback of a worker that raised
+    r"EngineCore failed to start",
+    r"Engine core initialization failed",
+)
+
+
 def serve_argv(trl_location: str, model_path: str, *, host: str = "127.0.0.1", port: int,
                max_model_len: int | None = 512, extra: Sequence[str] = ()) -> list[str]:
     """argv of `trl vllm-serve` for the trl package at `trl_location` (needs no import of trl, so the server can

@@ -22,6 +22,18 @@ from .results import record_startup
 
 CPU_ENGINE_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1"}  # GiB; plenty for the tiny model, the default is 4
 MAX_MODEL_LEN = 512
+# CUDA lane: the session's colocate engine and server share the first GPU (and the GPU-only tests add engines
+# of their own), so neither may take TRL's default 0.9 of its memory. The tiny model needs very little.
+# Ignored on the CPU lane, where VLLM_CPU_KVCACHE_SPACE sizes the cache.
+CUDA_SESSION_MEMORY = 0.25
+
+
+def _colocate_memory(lane: str) -> dict:
+    return {"gpu_memory_utilization": CUDA_SESSION_MEMORY} if lane == "cuda" else {}
+
+
+def _server_extra(lane: str) -> list[str]:
+    return ["--gpu_memory_utilization", str(CUDA_SESSION_MEMORY)] if lane == "cuda" else []
 STARTED_SERVERS: list = []  # for log tails in failure reports
 SERVER_FIXTURES: set[str] = {"vllm_server"}  # a failing test using one of these gets the servers' log tails
 PORT_ATTEMPTS = 3  # a free port can be taken between free_port() and the server's bind: retry with a new one
@@ -30,7 +42,8 @@ PORT_ATTEMPTS = 3  # a free port can be taken between free_port() and the server
 @contextlib.contextmanager
 def running_server(request: pytest.FixtureRequest, name: str, argv_for: Callable[[str, int], Sequence[str]], *,
                    log_dir: str | os.PathLike, startup_timeout: float, env: Mapping[str, str] | None = None,
-                   host: str = "127.0.0.1", health_path: str = "/health/", prestarted=None):
+                   host: str = "127.0.0.1", health_path: str = "/health/", prestarted=None,
+                   fatal_log_patterns: Sequence[str] = ()):
     """Run `argv_for(host, port)` on a free port as a ServerProcess until the block exits: the code path of
     `vllm_server`, reusable by fixtures starting other servers (the plugin's own tests start a tiny one).
 
@@ -50,7 +63,7 @@ def running_server(request: pytest.FixtureRequest, name: str, argv_for: Callable
             server = prestarted  # started in the background at collection end: only wait for readiness
         else:
             server = new_server(name, argv_for, log_dir=log_dir, startup_timeout=startup_timeout, env=env,
-                                host=host, health_path=health_path)
+                                host=host, health_path=health_path, fatal_log_patterns=fatal_log_patterns)
         try:
             _start_and_wait(server)  # stops the server on any failure, KeyboardInterrupt included
         except ServerStartupError as exc:
@@ -67,7 +80,7 @@ def running_server(request: pytest.FixtureRequest, name: str, argv_for: Callable
 
 def new_server(name: str, argv_for: Callable[[str, int], Sequence[str]], *, log_dir: str | os.PathLike,
                startup_timeout: float, env: Mapping[str, str] | None = None, host: str = "127.0.0.1",
-               health_path: str = "/health/"):
+               health_path: str = "/health/", fatal_log_patterns: Sequence[str] = ()):
     """A ServerProcess (not started) for `argv_for(host, port)` on a free port, logging into `log_dir`,
     registered so that failing tests get its log tail."""
     from .ports import free_port
@@ -76,7 +89,7 @@ def new_server(name: str, argv_for: Callable[[str, int], Sequence[str]], *, log_
     port = free_port(host)
     server = ServerProcess(name, argv_for(host, port), port=port, health_url=f"http://{host}:{port}{health_path}",
                            log_path=os.path.join(log_dir, f"{'-'.join(name.split())}-{port}.log"), env=env,
-                           startup_timeout=startup_timeout)
+                           startup_timeout=startup_timeout, fatal_log_patterns=fatal_log_patterns)
     STARTED_SERVERS.append(server)
     return server
 
@@ -120,7 +133,7 @@ def prestart_server(config: pytest.Config, ctx) -> bool:
     here and `vllm_server` starts (and reports) as it always did. Returns whether a server was started."""
     import importlib.util
 
-    from .backend import serve_argv
+    from .backend import SERVE_FATAL_LOG_PATTERNS, serve_argv
 
     try:
         spec = importlib.util.find_spec("trl")  # trl's location without importing it (its patches apply later)
@@ -129,9 +142,10 @@ def prestart_server(config: pytest.Config, ctx) -> bool:
         trl_location, model = os.path.dirname(spec.origin), str(_model_dir(ctx))
         server = new_server(
             SERVER_NAME,
-            lambda host, port: serve_argv(trl_location, model, host=host, port=port, max_model_len=MAX_MODEL_LEN),
+            lambda host, port: serve_argv(trl_location, model, host=host, port=port, max_model_len=MAX_MODEL_LEN,
+                                          extra=_server_extra(ctx.lane)),
             log_dir=config._tmp_path_factory.mktemp("servers"), startup_timeout=ctx.startup_timeout,
-            env=_server_env(ctx),
+            env=_server_env(ctx), fatal_log_patterns=SERVE_FATAL_LOG_PATTERNS,
         )
         server.start()
     except Exception:
@@ -199,9 +213,10 @@ def vllm_engine_host(vllmcompat_context) -> None:
 
 
 @pytest.fixture(scope="session")
-def colocate_generator(vllm_engine_host, vllm_backend, vllm_model_dir):
+def colocate_generator(vllm_engine_host, vllm_backend, vllm_model_dir, vllmcompat_context):
     started = time.monotonic()
-    generator = vllm_backend.make_colocate(str(vllm_model_dir), max_model_length=MAX_MODEL_LEN)
+    generator = vllm_backend.make_colocate(str(vllm_model_dir), max_model_length=MAX_MODEL_LEN,
+                                           **_colocate_memory(vllmcompat_context.lane))
     record_startup("colocate_engine", time.monotonic() - started)
     yield generator
     generator.close()
@@ -209,13 +224,25 @@ def colocate_generator(vllm_engine_host, vllm_backend, vllm_model_dir):
 
 @pytest.fixture(scope="session")
 def vllm_server(request, vllm_engine_host, vllm_backend, vllm_model_dir, vllmcompat_context, tmp_path_factory):
-    def argv(host: str, port: int) -> list[str]:
-        return vllm_backend.serve_argv(str(vllm_model_dir), host=host, port=port, max_model_len=MAX_MODEL_LEN)
-
-    with running_server(request, SERVER_NAME, argv, log_dir=tmp_path_factory.mktemp("servers"),
-                        env=_server_env(vllmcompat_context), startup_timeout=vllmcompat_context.startup_timeout,
-                        prestarted=_claim_prestarted(argv)) as server:
+    with vllm_serve(request, vllm_backend, vllm_model_dir, vllmcompat_context,
+                    log_dir=tmp_path_factory.mktemp("servers"), claim_prestarted=True) as server:
         record_startup("server", server.startup_seconds)
+        yield server
+
+
+@contextlib.contextmanager
+def vllm_serve(request, backend, model_dir, ctx, *, log_dir, name: str = SERVER_NAME, claim_prestarted=False):
+    """The backend's `trl vllm-serve` on the model, configured for the lane, running until the block exits.
+    The session's `vllm_server` uses it; so can tests that need a server of their own (one they may break)."""
+    from .backend import SERVE_FATAL_LOG_PATTERNS
+
+    def argv(host: str, port: int) -> list[str]:
+        return backend.serve_argv(str(model_dir), host=host, port=port, max_model_len=MAX_MODEL_LEN,
+                                  extra=_server_extra(ctx.lane))
+
+    with running_server(request, name, argv, log_dir=log_dir, env=_server_env(ctx),
+                        startup_timeout=ctx.startup_timeout, fatal_log_patterns=SERVE_FATAL_LOG_PATTERNS,
+                        prestarted=_claim_prestarted(argv) if claim_prestarted else None) as server:
         yield server
 
 

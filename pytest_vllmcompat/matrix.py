@@ -59,7 +59,7 @@ class Cell:
 
 @dataclass(frozen=True)
 class KnownFailure:
-    test: str
+    test: str | tuple[str, ...]  # one node-id pattern, or several (e.g. every test that needs an engine)
     cause: str
     vllm: str = "*"
     transformers: str = "*"
@@ -74,7 +74,8 @@ class KnownFailure:
             (cell.lane, self.lane),
             (cell.target_label, self.target),
         ]
-        return all(fnmatch.fnmatchcase(v, p) for v, p in pairs) and fnmatch.fnmatchcase(nodeid, self.test)
+        tests = (self.test,) if isinstance(self.test, str) else self.test
+        return all(fnmatch.fnmatchcase(v, p) for v, p in pairs) and any(fnmatch.fnmatchcase(nodeid, t) for t in tests)
 
     @property
     def reason(self) -> str:
@@ -225,10 +226,13 @@ class _Reader:
             if unknown:
                 raise self.fail(prefix, f"has unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")
             for key in ("test", "cause"):
-                if not str(node.get(key, "")).strip():
+                if not node.get(key) or not str(node[key]).strip():
                     raise self.fail(f"{prefix}.{key}", "is missing (every known failure names its test and cause)")
+            node = dict(node)
+            if isinstance(node["test"], list):
+                node["test"] = self.strings("test", node, prefix)
             for key, value in node.items():
-                if not isinstance(value, str):
+                if not isinstance(value, (str, tuple)) or (key != "test" and not isinstance(value, str)):
                     raise self.fail(f"{prefix}.{key}", f"must be a string, got {value!r}")
             result.append(KnownFailure(**node))
         return tuple(result)

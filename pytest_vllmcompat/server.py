@@ -39,12 +39,16 @@ def redact(text: str, env: Mapping[str, str]) -> str:
 
 
 class ServerStartupError(RuntimeError):
-    def __init__(self, *, name, command, port, returncode, elapsed, log_path, log_tail, env):
-        self.name, self.port, self.returncode = name, port, returncode
+    def __init__(self, *, name, command, port, returncode, elapsed, log_path, log_tail, env, fatal=None):
+        self.name, self.port, self.returncode, self.fatal = name, port, returncode, fatal
         self.elapsed, self.log_path, self.log_tail = elapsed, str(log_path), log_tail
         self.address_in_use = returncode is not None and bool(_ADDR_IN_USE.search(log_tail))
-        status = "still running (killed after startup timeout)" if returncode is None else str(returncode)
-        what = "did not become ready in time" if returncode is None else "exited during startup"
+        if fatal is not None:
+            status = "still running (stopped: its log shows a fatal error)" if returncode is None else str(returncode)
+            what = "failed during startup"
+        else:
+            status = "still running (killed after startup timeout)" if returncode is None else str(returncode)
+            what = "did not become ready in time" if returncode is None else "exited during startup"
         lines = [
             f"{name} {what}",
             f"  command:   {redact(command, env)}",
@@ -53,6 +57,8 @@ class ServerStartupError(RuntimeError):
             f"  elapsed:   {elapsed:.2f} s",
             f"  log file:  {log_path}",
         ]
+        if fatal is not None:
+            lines.append(f"  fatal:     {redact(fatal, env)}")
         if self.address_in_use:
             lines.append(f"  cause:     port {port} was taken by another process after it was picked "
                          "(address already in use); retry with a new free_port()")
@@ -68,9 +74,13 @@ class ServerProcess:
 
     def __init__(self, name: str, argv: Sequence[str], *, port: int, health_url: str,
                  log_path: str | os.PathLike, env: Mapping[str, str] | None = None,
-                 startup_timeout: float = 300.0, cwd: str | os.PathLike | None = None):
+                 startup_timeout: float = 300.0, cwd: str | os.PathLike | None = None,
+                 fatal_log_patterns: Sequence[str] = ()):
         self.name, self.argv, self.port, self.health_url = name, [str(a) for a in argv], port, health_url
         self.log_path, self.startup_timeout, self.cwd = Path(log_path), startup_timeout, cwd
+        # Log lines that mean the server will never become ready although its main process lives on
+        # (e.g. `trl vllm-serve` whose engine worker died): fail at once instead of at the timeout.
+        self.fatal_log = re.compile("|".join(f"(?:{p})" for p in fatal_log_patterns), re.M) if fatal_log_patterns else None
         self.tag = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self.env = {**os.environ, **(env or {}), OWNER_VAR: str(os.getpid()), TAG_VAR: self.tag}
         # Python children buffer stdout when it is a file; a killed server would lose its last lines.
@@ -117,6 +127,9 @@ class ServerProcess:
             while True:
                 if self.proc.poll() is not None:
                     raise self._fail()
+                fatal = self._fatal_line()
+                if fatal is not None:
+                    raise self._fail(fatal)
                 try:
                     timeout = max(0.1, min(REQUEST_TIMEOUT, deadline - time.monotonic()))
                     if 200 <= http.get(self.health_url, timeout=timeout).status_code < 300:
@@ -128,14 +141,25 @@ class ServerProcess:
                     raise self._fail()
                 time.sleep(POLL_INTERVAL)
 
-    def _fail(self) -> ServerStartupError:
-        """Build the error for an early exit or a timeout, stopping whatever is left first."""
+    def _fatal_line(self) -> str | None:
+        if self.fatal_log is None:
+            return None
+        try:
+            with open(self.log_path, "rb") as fh:
+                fh.seek(max(0, self.log_path.stat().st_size - 256 * 1024))
+                match = self.fatal_log.search(fh.read().decode(errors="replace"))
+        except OSError:
+            return None
+        return match.group(0).strip() if match else None
+
+    def _fail(self, fatal: str | None = None) -> ServerStartupError:
+        """Build the error for an early exit, a fatal log line or a timeout, stopping whatever is left first."""
         elapsed = time.monotonic() - self._started_at
         returncode = self.proc.poll()  # None: still running, i.e. timed out
         self.stop()  # kills grandchildren of a dead server too
         return ServerStartupError(name=self.name, command=shlex.join(self.argv), port=self.port,
                                   returncode=returncode, elapsed=elapsed, log_path=self.log_path,
-                                  log_tail=self.log_tail(), env=self.env)
+                                  log_tail=self.log_tail(), env=self.env, fatal=fatal)
 
     def stop(self, grace: float = 10.0) -> None:
         """SIGTERM the process group, SIGKILL it after `grace` seconds, reap. Idempotent."""

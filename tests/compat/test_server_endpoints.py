@@ -5,13 +5,12 @@ Raw HTTP uses a fresh connection per request (`requests.post`, not a Session): a
 connection, and a pooled keep-alive connection would then fail with ConnectionResetError on reuse.
 """
 
-import os
 import time
 
 import pytest
 import requests
 
-from pytest_vllmcompat.fixtures import CPU_ENGINE_ENV, MAX_MODEL_LEN, running_server
+from pytest_vllmcompat.fixtures import MAX_MODEL_LEN, vllm_serve
 
 pytestmark = pytest.mark.vllm_mode("server")
 
@@ -75,12 +74,8 @@ def test_malformed_generate_request_is_422_and_the_server_keeps_serving(vllm_ser
 @pytest.fixture
 def disposable_server(request, vllm_engine_host, vllm_backend, vllm_model_dir, vllmcompat_context, tmp_path):
     """A `trl vllm-serve` of its own, for requests that may break the server (the session server must not be)."""
-    def argv(host, port):
-        return vllm_backend.serve_argv(str(vllm_model_dir), host=host, port=port, max_model_len=MAX_MODEL_LEN)
-
-    env = {**os.environ, **CPU_ENGINE_ENV} if vllmcompat_context.lane == "cpu" else dict(os.environ)
-    with running_server(request, "trl vllm-serve (disposable)", argv, log_dir=tmp_path, env=env,
-                        startup_timeout=vllmcompat_context.startup_timeout) as server:
+    with vllm_serve(request, vllm_backend, vllm_model_dir, vllmcompat_context, log_dir=tmp_path,
+                    name="trl vllm-serve (disposable)") as server:
         yield server
 
 

@@ -91,3 +91,18 @@ def test_known_failure_matches_cell_and_test(tmp_path):
 def test_local_checkout_target_is_labelled_local(tmp_path):
     assert matrix.target_label(str(tmp_path)) == "local"
     assert matrix.target_label("trl==0.28.0") == "trl==0.28.0"
+
+
+def test_known_failure_may_list_several_tests(tmp_path):
+    path = write(tmp_path, REAL + '\n[[known_failures]]\nvllm = "0.11.0"\ntest = ["tests/a.py::*", "tests/b.py::test_x"]\ncause = "c"\n')
+    m = matrix.load(path)
+    cell = m.cell("0.11.0", "5", "cpu")
+    assert [kf.cause for kf in m.known_failures_for(cell, "tests/a.py::test_q[server]")] == ["c"]
+    assert [kf.cause for kf in m.known_failures_for(cell, "tests/b.py::test_x")] == ["c"]
+    assert m.known_failures_for(cell, "tests/b.py::test_y") == []
+
+
+def test_known_failure_test_list_entries_must_be_strings(tmp_path):
+    path = write(tmp_path, REAL + '\n[[known_failures]]\ntest = ["tests/a.py::*", 3]\ncause = "c"\n')
+    with pytest.raises(matrix.MatrixError, match=rf"\[known_failures\[{NEXT}\]\.test\[1\]\] must be a non-empty string, got 3"):
+        matrix.load(path)

@@ -269,3 +269,28 @@ def test_free_port_never_repeats():
     assert all(1024 <= p <= 65535 for p in ports)
     with socket.socket() as sock:  # and it is actually bindable
         sock.bind(("127.0.0.1", ports[-1]))
+
+
+def test_fatal_log_line_fails_fast_while_the_process_lives_on(tmp_path):
+    """Like `trl vllm-serve` whose engine worker died: the main process never exits nor answers /health/."""
+    from pytest_vllmcompat.backend import SERVE_FATAL_LOG_PATTERNS
+
+    server = make(tmp_path, "--delay-ready", "600", "--say", "Process Process-1:", "--say", "Traceback (most recent call last):",
+                  startup_timeout=60, fatal_log_patterns=SERVE_FATAL_LOG_PATTERNS)
+    started = time.monotonic()
+    with pytest.raises(ServerStartupError) as info:
+        with server:
+            pass
+    assert time.monotonic() - started < 5
+    msg = str(info.value)
+    assert "tiny-server failed during startup" in msg
+    assert "exit code: still running (stopped: its log shows a fatal error)" in msg
+    assert "fatal:     Process Process-1:" in msg
+    assert info.value.fatal == "Process Process-1:"
+    assert not server.alive
+
+
+def test_no_fatal_patterns_means_only_exit_or_timeout_fail(tmp_path):
+    server = make(tmp_path, "--say", "Process Process-1:")
+    with server:
+        assert server.alive

@@ -21,10 +21,13 @@ parser.add_argument("--ignore-sigterm", action="store_true")
 parser.add_argument("--spawn-child", action="store_true", help="start a sleeping grandchild")
 parser.add_argument("--child-ignore-sigterm", action="store_true")
 parser.add_argument("--label", default="", help="ignored; lets tests put text on the command line")
+parser.add_argument("--say", action="append", default=[], metavar="LINE", help="print LINE at start")
 args = parser.parse_args()
 
 if args.ignore_sigterm:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+for line in args.say:
+    print(line, flush=True)
 for name in args.print_env:
     print(f"{name}={os.environ.get(name, '<unset>')}", flush=True)
 if args.spawn_child:

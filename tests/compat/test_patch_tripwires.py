@@ -1,0 +1,184 @@
+"""Tripwires for the backend's vLLM patches (trl/_compat.py): each one fixes a real bug, exactly where it applies.
+
+For each patch, in every cell, a fresh interpreter shows either
+  - the bug + the fix (the patch's condition holds in this cell): vLLM's original, called in a process that never
+    imported trl, fails with the bug's exact error; after `import trl` the same call succeeds; or
+  - that vLLM's original is fine (the condition does not hold): the call succeeds without trl.
+That the engine then builds and generates with the patched code in such a cell is covered by the colocate tests
+(test_generation / test_sampling / test_weight_sync build a real engine through the backend in every cell).
+
+Import order: the patches replace module attributes, so a name bound *before* `import trl`
+(`from vllm.transformers_utils.tokenizer import get_cached_tokenizer`) keeps vLLM's original, bug included.
+
+And the matrix side: a patch that no declared cell needs is reported as removable (test fails, naming it).
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from packaging.version import Version
+
+from pytest_vllmcompat import matrix as vmatrix
+
+# name -> (module, condition on (vllm, transformers line), exception type, text the error must contain, vLLM fix)
+PATCHES = {
+    "DisabledTqdm": dict(
+        module="vllm.model_executor.model_loader.weight_utils",
+        condition=lambda vllm, tf: Version(vllm) < Version("0.11.1"),
+        condition_text="vllm < 0.11.1",
+        error=("TypeError", "got multiple values for keyword argument 'disable'"),
+    ),
+    "get_cached_tokenizer": dict(
+        module="vllm.transformers_utils.tokenizer",
+        condition=lambda vllm, tf: int(tf) >= 5 and Version(vllm) < Version("0.12.0"),
+        condition_text="transformers >= 5 and vllm < 0.12.0",
+        error=("AttributeError", "all_special_tokens_extended"),
+    ),
+}
+
+# One interpreter per mode. The calls: DisabledTqdm with a caller-supplied `disable` (the case vLLM PR #28471 fixed;
+# vLLM hands DisabledTqdm to huggingface_hub as `tqdm_class` for Hub downloads, so a local model never reaches it);
+# get_cached_tokenizer on an HF tokenizer, as vLLM's get_tokenizer does for every engine it builds.
+PROBE = textwrap.dedent(
+    """
+    import json, sys
+    MODE, MODEL = sys.argv[1], sys.argv[2]
+
+    def outcome(fn):
+        try:
+            fn()
+            return {"ok": True}
+        except Exception as exc:
+            return {"ok": False, "type": type(exc).__name__, "message": str(exc)}
+
+    def call_tqdm(cls):
+        def run():
+            bar = cls(range(3), disable=True)
+            assert bar.disable is True, "DisabledTqdm must be disabled"
+        return run
+
+    def call_tokenizer(fn):
+        def run():
+            from transformers import AutoTokenizer
+            tok = AutoTokenizer.from_pretrained(MODEL)
+            cached = fn(tok)
+            assert cached.encode("hello world") == tok.encode("hello world")
+            assert list(cached.all_special_ids) == list(tok.all_special_ids)
+        return run
+
+    import vllm.model_executor.model_loader.weight_utils as wu
+    import vllm.transformers_utils.tokenizer as tk
+    from vllm.model_executor.model_loader.weight_utils import DisabledTqdm as early_tqdm
+    from vllm.transformers_utils.tokenizer import get_cached_tokenizer as early_tok
+    out = {}
+    if MODE == "original":  # never imports trl
+        out["DisabledTqdm"] = outcome(call_tqdm(early_tqdm))
+        out["get_cached_tokenizer"] = outcome(call_tokenizer(early_tok))
+        out["trl_imported"] = "trl" in sys.modules
+    else:  # names bound before `import trl`, then trl, then the same calls through each binding
+        import trl  # applies the backend's patches
+        from vllm.model_executor.model_loader.weight_utils import DisabledTqdm as late_tqdm
+        from vllm.transformers_utils.tokenizer import get_cached_tokenizer as late_tok
+        for name, early, module_attr, late, call in [
+            ("DisabledTqdm", early_tqdm, wu.DisabledTqdm, late_tqdm, call_tqdm),
+            ("get_cached_tokenizer", early_tok, tk.get_cached_tokenizer, late_tok, call_tokenizer),
+        ]:
+            out[name] = {
+                "module_attr_replaced": module_attr is not early,
+                "module_attr_defined_in": module_attr.__module__,
+                "late_is_module_attr": late is module_attr,
+                "early": outcome(call(early)),
+                "after_trl": outcome(call(late)),
+            }
+    print(json.dumps(out))
+    """
+)
+
+
+def run_probe(mode: str, model_dir) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "VLLM_LOGGING_LEVEL"}
+    proc = subprocess.run([sys.executable, "-c", PROBE, mode, str(model_dir)], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert proc.returncode == 0, f"probe ({mode}) failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}"
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def cell(vllmcompat_context):
+    if vllmcompat_context.cell is None:
+        pytest.skip(f"not a matrix cell: {vllmcompat_context.matrix_problem}")
+    return vllmcompat_context.cell
+
+
+@pytest.fixture(scope="module")
+def original_probe(vllm_model_dir):
+    return run_probe("original", vllm_model_dir)
+
+
+@pytest.fixture(scope="module")
+def import_order_probe(vllm_model_dir):
+    return run_probe("import_order", vllm_model_dir)
+
+
+def needed(name: str, cell) -> bool:
+    return PATCHES[name]["condition"](cell.vllm, cell.transformers)
+
+
+def assert_is_the_bug(name: str, result: dict, where: str) -> None:
+    kind, text = PATCHES[name]["error"]
+    assert not result["ok"], f"{name}: vLLM's original works {where}; the patch's condition " \
+                             f"({PATCHES[name]['condition_text']}) says it should not"
+    assert result["type"] == kind and text in result["message"], \
+        f"{name}: expected {kind} containing {text!r} {where}, got {result['type']}: {result['message']}"
+
+
+@pytest.mark.parametrize("name", list(PATCHES))
+def test_without_the_backend_vllms_original_has_the_bug_exactly_where_patched(cell, original_probe, name):
+    """(b)/(d): in a process that never imports trl, vLLM's original fails with the bug iff the condition holds."""
+    assert original_probe["trl_imported"] is False
+    result = original_probe[name]
+    if needed(name, cell):
+        assert_is_the_bug(name, result, f"in {cell} without trl")
+    else:
+        assert result["ok"], f"{name}: vLLM's original fails in {cell}, where the backend does not patch it: " \
+                             f"{result.get('type')}: {result.get('message')}"
+
+
+@pytest.mark.parametrize("name", list(PATCHES))
+def test_after_importing_the_backend_the_call_works(cell, import_order_probe, name):
+    """(c): after `import trl`, the same call (through the module attribute or a later import) succeeds."""
+    result = import_order_probe[name]
+    assert result["late_is_module_attr"]
+    assert result["module_attr_replaced"] is needed(name, cell)
+    assert result["module_attr_defined_in"] == ("trl._compat" if needed(name, cell) else PATCHES[name]["module"])
+    assert result["after_trl"]["ok"], f"{name} fails after import trl in {cell}: " \
+                                      f"{result['after_trl'].get('type')}: {result['after_trl'].get('message')}"
+
+
+@pytest.mark.parametrize("name", list(PATCHES))
+def test_a_name_bound_before_importing_the_backend_keeps_vllms_original(cell, import_order_probe, name):
+    """`from vllm... import get_cached_tokenizer as early; import trl`: `early` is vLLM's original, so calling it
+    still fails where the patch is needed (only code that looks the name up after `import trl` is fixed)."""
+    result = import_order_probe[name]
+    if needed(name, cell):
+        assert result["module_attr_replaced"], f"{name}: not patched in {cell}"
+        assert_is_the_bug(name, result["early"], f"in {cell} through a name bound before `import trl`")
+    else:
+        assert not result["module_attr_replaced"]
+        assert result["early"]["ok"], result["early"]
+
+
+@pytest.mark.parametrize("name", list(PATCHES))
+def test_each_patch_is_needed_by_a_declared_cell(name):
+    """A patch no cell of the matrix needs any more is removable: this fails and says so (e.g. once the matrix
+    drops vLLM 0.10.2 and 0.11.0, DisabledTqdm is removable)."""
+    m = vmatrix.load()
+    cells = [(v, t) for v in m.vllm_versions for t in m.transformers]
+    needing = [f"vllm-{v}(tf{t})" for v, t in cells if PATCHES[name]["condition"](v, t)]
+    assert needing, (f"{name} patch is removable: no cell of {m.path} has {PATCHES[name]['condition_text']} "
+                     f"(declared: vLLM {', '.join(m.vllm_versions)}; transformers lines {', '.join(m.transformers)})")
+    print(f"{name} patch is needed by {len(needing)} cell(s) of {m.path.name}: {', '.join(needing)}")
