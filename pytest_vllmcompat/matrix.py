@@ -20,7 +20,7 @@ else:  # pragma: no cover
 LANES = ("cpu", "cuda")
 DEFAULT_PATH = Path(__file__).resolve().parent.parent / "matrix" / "support.toml"
 MATRIX_ENV = "VLLMCOMPAT_MATRIX"
-CPU_PIN_KEYS = ("torch", "torchvision", "torchaudio", "triton", "needs_glibcxx")
+CPU_PIN_KEYS = ("torch", "torchvision", "torchaudio", "triton", "needs_glibcxx", "needs_glibc")
 
 
 class MatrixError(ValueError):
@@ -34,6 +34,7 @@ class CpuPins:
     torchaudio: str
     triton: str
     needs_glibcxx: str  # libstdc++ symbol level that vllm/_C needs on the host
+    needs_glibc: str  # glibc symbol level that vllm/_C needs on the host
 
 
 @dataclass(frozen=True)

