@@ -71,7 +71,8 @@ def test_patch_active_exactly_where_its_condition_holds(cell, default_probe, nam
     if expected:
         assert default_probe["defined_in"][name] == PATCH_MODULE
     else:
-        assert default_probe["defined_in"][name].startswith("vllm."), "vLLM's original must be untouched"
+        # vLLM's original untouched (or, where this vLLM no longer has the name, not added by the backend)
+        assert default_probe["defined_in"][name] is None or default_probe["defined_in"][name].startswith("vllm.")
 
 
 def test_logging_patch_sets_error_when_unset(default_probe):
