@@ -53,11 +53,9 @@ def running_server(request: pytest.FixtureRequest, name: str, argv_for: Callable
 
     `prestarted`: a ServerProcess already start()ed (see `prestart_server`); it is the first attempt, so its
     failures are reported exactly like those of a server started here."""
-    from .ports import free_port
-    from .server import ServerProcess, ServerStartupError
+    from .server import ServerStartupError
 
     SERVER_FIXTURES.add(request.fixturename)
-    slug = "-".join(name.split())
     for attempt in range(1, PORT_ATTEMPTS + 1):
         if attempt == 1 and prestarted is not None:
             server = prestarted  # started in the background at collection end: only wait for readiness

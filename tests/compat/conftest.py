@@ -21,3 +21,11 @@ def prompt_ids(reference_model):
 @pytest.fixture(scope="session")
 def greedy_reference(reference_model, prompt_ids):
     return reference.greedy(*reference_model, prompt_ids, MAX_TOKENS)
+
+
+@pytest.fixture(scope="session")
+def cell(vllmcompat_context):
+    """This environment's matrix cell; tests whose expectations depend on it skip outside the matrix."""
+    if vllmcompat_context.cell is None:
+        pytest.skip(f"not a matrix cell: {vllmcompat_context.matrix_problem}")
+    return vllmcompat_context.cell

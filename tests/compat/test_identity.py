@@ -5,12 +5,6 @@ from importlib import metadata
 import pytest
 
 
-@pytest.fixture(scope="module")
-def cell(vllmcompat_context):
-    if vllmcompat_context.cell is None:
-        pytest.skip(f"not a matrix cell: {vllmcompat_context.matrix_problem}")
-    return vllmcompat_context.cell
-
 
 def test_vllm_reports_the_upstream_version(cell):
     import vllm

@@ -9,12 +9,6 @@ import pytest
 from packaging.version import Version
 
 
-@pytest.fixture(scope="module")
-def cell(vllmcompat_context):
-    if vllmcompat_context.cell is None:
-        pytest.skip(f"not a matrix cell: {vllmcompat_context.matrix_problem}")
-    return vllmcompat_context.cell
-
 
 @pytest.mark.parametrize("module, names", [
     ("trl.generation.vllm_generation", ["VLLMGeneration"]),

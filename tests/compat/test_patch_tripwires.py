@@ -13,16 +13,13 @@ Import order: the patches replace module attributes, so a name bound *before* `i
 And the matrix side: a patch that no declared cell needs is reported as removable (test fails, naming it).
 """
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 from packaging.version import Version
 
 from pytest_vllmcompat import matrix as vmatrix
+from pytest_vllmcompat import probe
 
 # name -> (module, condition on (vllm, transformers line), exception type, text the error must contain, vLLM fix)
 PATCHES = {
@@ -106,18 +103,7 @@ PROBE = textwrap.dedent(
 
 
 def run_probe(mode: str, model_dir) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "VLLM_LOGGING_LEVEL"}
-    proc = subprocess.run([sys.executable, "-c", PROBE, mode, str(model_dir)], capture_output=True, text=True,
-                          env=env, timeout=300)
-    assert proc.returncode == 0, f"probe ({mode}) failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}"
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-@pytest.fixture(scope="module")
-def cell(vllmcompat_context):
-    if vllmcompat_context.cell is None:
-        pytest.skip(f"not a matrix cell: {vllmcompat_context.matrix_problem}")
-    return vllmcompat_context.cell
+    return probe.run_probe(PROBE, mode, str(model_dir))
 
 
 @pytest.fixture(scope="module")

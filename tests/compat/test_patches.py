@@ -5,14 +5,12 @@ backend is imported (which applies its patches), and we look at what each
 attribute is afterwards and which module defined it.
 """
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 from packaging.version import Version
+
+from pytest_vllmcompat.probe import run_probe
 
 PROBE = textwrap.dedent(
     """
@@ -35,19 +33,8 @@ PROBE = textwrap.dedent(
 PATCH_MODULE = "trl._compat"
 
 
-def probe(extra_env: dict[str, str | None]) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "VLLM_LOGGING_LEVEL"}
-    env.update({k: v for k, v in extra_env.items() if v is not None})
-    proc = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, f"patch probe failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}"
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-@pytest.fixture(scope="module")
-def cell(vllmcompat_context):
-    if vllmcompat_context.cell is None:
-        pytest.skip(f"not a matrix cell: {vllmcompat_context.matrix_problem}")
-    return vllmcompat_context.cell
+def probe(extra_env: dict[str, str]) -> dict:
+    return run_probe(PROBE, env=extra_env)
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,6 @@ from pathlib import Path
 import pytest
 
 from pytest_vllmcompat import fixtures
-from pytest_vllmcompat.server import OWNER_VAR
 
 TINY = Path(__file__).with_name("tiny_http_server.py")
 SECRET = "hf_scenarioSECRET0123456789"
