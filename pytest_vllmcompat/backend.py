@@ -255,10 +255,6 @@ class Backend:
                    extra: Sequence[str] = ()) -> list[str]:
         return serve_argv(self.location, model_path, host=host, port=port, max_model_len=max_model_len, extra=extra)
 
-    @staticmethod
-    def serve_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
-        return {"VLLM_CPU_KVCACHE_SPACE": "1", **(os.environ if base is None else base)}
-
     def make_client(self, base_url: str, connection_timeout: float = 0.0) -> ServerClient:
         from trl.generation.vllm_client import VLLMClient
 
