@@ -64,8 +64,8 @@ def _cell_session(version: str):
         plan = lanes.install_plan(MATRIX, cell)
         session.log(f"cell: {cell}")
         session.install(*plan.write(Path(session.create_tmp()) / "plan"))
-        for step in plan.post_install:
-            session.run("python", *step)
+        for step in plan.post_install:  # an install step: runs with --install-only, skipped with -R
+            session.run_install("python", *step)
         session.run("python", "-m", "pytest_vllmcompat", "versions")
         env = {lanes.LANE_ENV: cell.lane, lanes.TARGET_ENV: cell.target}
         session.run(

@@ -6,15 +6,17 @@ In one run, for one cell (its existing environment):
 
   floor colocate   raw `vllm.LLM` (TRL colocate's engine settings) + one 16-token greedy generate, in a subprocess of
                    the cell's python
-  floor server     raw `trl vllm-serve --model M --port P` until /health/ answers (then stopped)
+  floor server     raw `trl vllm-serve --model M --host 127.0.0.1 --port P --max_model_len 512` (the harness's argv)
+                   until /health/ answers (then stopped)
   harness          `<cell python> -m pytest tests/compat -m smoke -p no:cacheprovider`, with the server started early
                    (overlapped with the colocate engine) and, for comparison, with VLLMCOMPAT_PRESTART=0 (sequential)
   ratio            harness wall / (floor colocate + floor server)
   engines          colocate engines and servers each harness run started (its --vllm-results startup records, and
                    the server log files under its --basetemp)
   peak memory      peak summed RSS of the measured process tree (/proc polled every 0.2 s)
-  env creation     `nox -s SESSION -- --co -q` into a fresh --envdir (uv cache warm; never cleaned) versus
-                   `nox -R -s SESSION -- --co -q` reusing it. A separate envdir so the shared `.nox/` is untouched.
+  env creation     `nox --install-only -s SESSION` (venv + install plan + CPU identity step, no pytest) into a fresh
+                   --envdir with the uv cache warm and, with --cold, with an empty UV_CACHE_DIR; then
+                   `nox -R -s SESSION -- --co -q` reusing the warm env. Scratch envdirs: the shared `.nox/` is untouched.
 
 The load average is recorded around every measurement: other engines on the machine distort all of it.
 """
@@ -38,7 +40,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ENV = ROOT / ".nox" / "vllm-0-11-1-tf4"
 DEFAULT_SESSION = "vllm-0.11.1(tf4)"
-ENGINE_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1"}
+from .fixtures import CPU_ENGINE_ENV as ENGINE_ENV  # the engines the harness starts get the same env
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 # The engine TRL's colocate mode builds (trl/generation/vllm_generation.py, VLLMGeneration defaults, 1 process),
@@ -188,7 +190,13 @@ def floor_server(env_dir: Path, model: str, workdir: Path, timeout: float = 600.
 
     port = _free_port()
     log = workdir / f"floor-server-{port}.log"
-    argv = [str(env_dir / "bin" / "trl"), "vllm-serve", "--model", model, "--port", str(port)]
+    # The argv the harness's server fixture runs (same --max_model_len), so the ratio compares like with like.
+    code = ("import importlib.util, os, sys; from pytest_vllmcompat.backend import serve_argv; "
+            "from pytest_vllmcompat.fixtures import MAX_MODEL_LEN; "
+            "print(*serve_argv(os.path.dirname(importlib.util.find_spec('trl').origin), sys.argv[1], "
+            "port=int(sys.argv[2]), max_model_len=MAX_MODEL_LEN), sep='\\n')")
+    argv = subprocess.run([str(env_dir / "bin" / "python"), "-c", code, model, str(port)], check=True,
+                          capture_output=True, text=True).stdout.splitlines()
     env = {**os.environ, **ENGINE_ENV, "PATH": f"{env_dir / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"}
     load_before = _load()
     started = time.monotonic()
@@ -237,20 +245,33 @@ def harness(python: str, workdir: Path, *, prestart: bool, extra: list[str] = ()
     return r
 
 
-def env_creation(session: str, workdir: Path) -> dict:
-    """Warm (uv cache warm, fresh env) creation vs `-R` reuse, in a scratch --envdir."""
-    envdir = workdir / "nox-envs"
-    shutil.rmtree(envdir, ignore_errors=True)
+def env_creation(session: str, workdir: Path, *, cold: bool) -> dict:
+    """Environment creation alone (`nox --install-only`: venv, install plan, CPU identity step) into a scratch
+    --envdir, warm (the user's uv cache) and, with cold=True, with an empty uv cache (everything downloaded);
+    then `nox -R` reuse of the warm env up to pytest's collection."""
     nox = shutil.which("nox") or "nox"
-    common = ["--envdir", str(envdir), "-s", session, "--", "--co", "-q", "--vllm-results", str(workdir / "nox-res")]
-    create = run_timed([nox, *common], log=workdir / "nox-create.log")
-    reuse = run_timed([nox, "-R", *common], log=workdir / "nox-reuse.log")
-    for r in (create, reuse):
+    tail = ["-s", session, "--", "--co", "-q", "--vllm-results", str(workdir / "nox-res")]
+    out: dict = {}
+    for name in (["cold"] if cold else []) + ["warm"]:
+        envdir = workdir / f"nox-envs-{name}"
+        shutil.rmtree(envdir, ignore_errors=True)
+        env = {**os.environ, **({"UV_CACHE_DIR": str(workdir / "uv-cache-cold")} if name == "cold" else {})}
+        out[name] = run_timed([nox, "--install-only", "--envdir", str(envdir), *tail], env=env,
+                              log=workdir / f"nox-{name}.log")
+    out["reuse"] = run_timed([nox, "-R", "--envdir", str(workdir / "nox-envs-warm"), *tail],
+                             log=workdir / "nox-reuse.log")
+    for r in out.values():
         lines = r["output"].splitlines()
-        r["identity"] = [ln.strip() for ln in lines if "identity" in ln.lower() and "nox >" not in ln][:2]
+        r["identity"] = [ln.strip() for ln in lines if "cpu-identity" in ln][:1]
         r["installed"] = any("uv pip install" in ln for ln in lines)
-    shutil.rmtree(envdir, ignore_errors=True)
-    return {"create": create, "reuse": reuse}
+    for name in ("cold", "warm"):
+        shutil.rmtree(workdir / f"nox-envs-{name}", ignore_errors=True)
+    shutil.rmtree(workdir / "uv-cache-cold", ignore_errors=True)
+    return out
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -261,7 +282,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=1, help="measure everything this many times")
     ap.add_argument("--no-sequential", action="store_true", help="skip the VLLMCOMPAT_PRESTART=0 comparison run")
     ap.add_argument("--no-env", action="store_true", help="skip the nox environment creation timings")
+    ap.add_argument("--cold", action="store_true", help="also time creation with an empty uv cache (downloads)")
     args = ap.parse_args(argv)
+    # SIGTERM (e.g. a CI timeout) unwinds like Ctrl-C, so every `finally` stops the process group it started.
+    signal.signal(signal.SIGTERM, _interrupt)
 
     env_dir = args.cell_env.resolve()
     python = str(env_dir / "bin" / "python")
@@ -276,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_sequential:
             run["harness_sequential"] = harness(python, workdir, prestart=False)
         if not args.no_env:
-            run["env"] = env_creation(args.session, workdir)
+            run["env"] = env_creation(args.session, workdir, cold=args.cold)
         for key, r in run.items():
             print(f"  {key}: " + (f"{r['wall']} s, load {r['load_before']}" if "wall" in r else "done"),
                   file=sys.stderr, flush=True)
@@ -309,7 +333,9 @@ def print_table(run: dict, n: int) -> None:
     rows += [(f"harness smoke, {k.split('_')[1]}", run[k]) for k in ("harness_overlap", "harness_sequential")
              if k in run]
     if "env" in run:
-        rows += [("nox env create (warm uv cache)", run["env"]["create"]), ("nox -R reuse", run["env"]["reuse"])]
+        labels = {"cold": "nox env create, empty uv cache", "warm": "nox env create, warm uv cache",
+                  "reuse": "nox -R reuse up to collection"}
+        rows += [(labels[k], r) for k, r in run["env"].items()]
     print(f"\nrun {n}  (floor total {run['floor_total']} s)")
     print(f"{'measurement':40} {'wall s':>8} {'ratio':>6} {'peak RSS MiB':>13} {'engines (colo/srv)':>19}  load 1m")
     for name, r in rows:
@@ -319,8 +345,7 @@ def print_table(run: dict, n: int) -> None:
         print(f"{name:40} {r['wall']:>8.1f} {ratio:>6} {r['peak_rss_mib']:>13} {eng_s:>19}  "
               f"{r['load_before'][0]}->{r['load_after'][0]}")
     if "env" in run:
-        for k in ("create", "reuse"):
-            e = run["env"][k]
+        for k, e in run["env"].items():
             print(f"  nox {k}: exit {e['rc']}, installed={e['installed']}, identity step: {e['identity']}")
     sys.stdout.flush()
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -128,7 +129,8 @@ def _model_dir(ctx) -> Path:
 
 def prestart_server(config: pytest.Config, ctx) -> bool:
     """Start the session's `trl vllm-serve` now, without waiting. Best effort: on any problem nothing is started
-    here and `vllm_server` starts (and reports) as it always did. Returns whether a server was started."""
+    here (a PytestWarning says why) and `vllm_server` starts (and reports) as it always did. Returns whether a
+    server was started."""
     import importlib.util
 
     from .backend import SERVE_FATAL_LOG_PATTERNS, serve_argv
@@ -146,7 +148,9 @@ def prestart_server(config: pytest.Config, ctx) -> bool:
             env=_server_env(ctx), fatal_log_patterns=SERVE_FATAL_LOG_PATTERNS,
         )
         server.start()
-    except Exception:
+    except Exception as exc:
+        warnings.warn(pytest.PytestWarning(f"early start of {SERVER_NAME} skipped ({type(exc).__name__}: {exc}); "
+                                           "the vllm_server fixture starts it when a test needs it"))
         return False
     _PRESTARTED["server"] = server
     return True

@@ -45,6 +45,14 @@ def greedy(model, tokenizer, prompt_ids: list[list[int]], max_tokens: int) -> li
     return results
 
 
+# Conversations for chat-template prompts (a system turn and an earlier assistant turn in the second).
+CONVERSATIONS = [
+    [{"role": "user", "content": "Hello, world! How are you today?"}],
+    [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "What is two plus two?"},
+     {"role": "assistant", "content": "four"}, {"role": "user", "content": "And three plus three?"}],
+]
+
+
 def chat_prompt_ids(tokenizer, conversation: list[dict]) -> list[int]:
     """`tokenizer.apply_chat_template(conversation, add_generation_prompt=True)` as a list of token ids
     (transformers 5 may return a BatchEncoding where 4 returns the list)."""

@@ -15,7 +15,7 @@ import pytest
 
 from pytest_vllmcompat import reference
 from pytest_vllmcompat.backend import SamplingOptions
-from pytest_vllmcompat.reference import MAX_TOKENS, PROMPTS
+from pytest_vllmcompat.reference import CONVERSATIONS, MAX_TOKENS, PROMPTS
 
 # The tiny model's successor map makes sampling at T=1 almost greedy; T=4 spreads it enough that different
 # seeds give different completions.
@@ -189,13 +189,6 @@ def test_colocate_over_long_prompt_raises_and_the_engine_keeps_working(recovered
         recovered_colocate_engine.generate([[7] * length], SamplingOptions.greedy(4))
     assert str(info.value) == (f"The decoder prompt (length {length}) is longer than the maximum model length of "
                                "512. Make sure that `max_model_len` is no smaller than the number of text tokens.")
-
-
-CONVERSATIONS = [
-    [{"role": "user", "content": "Hello, world! How are you today?"}],
-    [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "What is two plus two?"},
-     {"role": "assistant", "content": "four"}, {"role": "user", "content": "And three plus three?"}],
-]
 
 
 def test_chat_prompts_use_the_chat_template(vllm_generator, reference_model):

@@ -1,5 +1,6 @@
-"""`trl vllm-serve` endpoints over raw HTTP and through `VLLMClient`: health, world size, prefix-cache reset,
-request validation, over-long prompts, and the client's behaviour when nothing listens.
+"""`trl vllm-serve` endpoints over raw HTTP and through `VLLMClient`: which routes the server serves, health, world
+size, prefix-cache reset, TRL 0.28.0's `/tokenize` and `/v1/chat/completions`, request validation, over-long
+prompts, and the client's behaviour when nothing listens.
 
 Raw HTTP uses a fresh connection per request (`requests.post`, not a Session): after a 500 uvicorn closes the
 connection, and a pooled keep-alive connection would then fail with ConnectionResetError on reuse.
@@ -10,7 +11,9 @@ import time
 import pytest
 import requests
 
+from pytest_vllmcompat import reference
 from pytest_vllmcompat.fixtures import MAX_MODEL_LEN, vllm_serve
+from pytest_vllmcompat.reference import CONVERSATIONS, MAX_TOKENS
 
 pytestmark = pytest.mark.vllm_mode("server")
 
@@ -34,6 +37,43 @@ def assert_serving(server):
     assert len(r.json()["completion_ids"][0]) == 2
 
 
+# Every route a `trl vllm-serve` of TRL 0.28.0-0.29.1 serves, and where it is tested. A route missing here fails
+# test_every_served_route_is_tested: a backend release that adds an endpoint gets a test before the matrix is green.
+TESTED_ROUTES = {
+    "/health/": "test_health, test_client_health_check_and_reset_prefix_cache",
+    "/get_world_size/": "test_world_size",
+    "/generate/": "test_generation.py and test_sampling.py (server mode), the request tests below",
+    "/chat/": "test_sampling.py::test_chat_prompts_use_the_chat_template[server]",
+    "/reset_prefix_cache/": "test_reset_prefix_cache, test_client_health_check_and_reset_prefix_cache",
+    "/init_communicator/": "test_gpu.py::test_server_weight_sync_over_nccl (CUDA lane)",
+    "/update_named_param/": "test_gpu.py::test_server_weight_sync_over_nccl (CUDA lane)",
+    "/close_communicator/": "test_gpu.py::test_server_weight_sync_over_nccl (CUDA lane)",
+    "/tokenize": "test_tokenize_applies_the_chat_template (TRL 0.28.0 only)",
+    "/v1/chat/completions": "test_openai_chat_completions_greedy (TRL 0.28.0 only)",
+}
+FASTAPI_ROUTES = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}  # FastAPI's own, not TRL's
+
+
+def served_routes(server) -> set[str]:
+    r = get(server, "/openapi.json")
+    assert r.status_code == 200, r.text
+    return set(r.json()["paths"]) - FASTAPI_ROUTES
+
+
+def require_route(server, backend, route: str) -> None:
+    """Endpoints only some TRL releases serve: their tests do not apply to the others."""
+    if route not in served_routes(server):
+        pytest.skip(f"not applicable: `trl vllm-serve` of TRL {backend.version} does not serve {route} "
+                    "(TRL 0.28.0 does; removed in 0.29.0)")
+
+
+def test_every_served_route_is_tested(vllm_server):
+    routes = served_routes(vllm_server)
+    assert routes - set(TESTED_ROUTES) == set(), "untested routes: add tests and list them in TESTED_ROUTES"
+    core = {r for r, where in TESTED_ROUTES.items() if "only)" not in where}
+    assert core - routes == set(), "routes TRL 0.28.0-0.29.1 all serve are missing"
+
+
 def test_health(vllm_server):
     r = get(vllm_server, "/health/")
     assert (r.status_code, r.json()) == (200, {"status": "ok"})
@@ -54,6 +94,34 @@ def test_client_health_check_and_reset_prefix_cache(server_client):
     server_client.client.check_server(total_timeout=5)  # returns once /health/ answers 200
     server_client.reset_prefix_cache()  # raises on a non-200 answer
     assert server_client.health() == 200
+
+
+def test_tokenize_applies_the_chat_template(vllm_server, vllm_backend, reference_model):
+    require_route(vllm_server, vllm_backend, "/tokenize")
+    _, tokenizer = reference_model
+    for conversation in CONVERSATIONS:
+        r = post(vllm_server, "/tokenize", json={"messages": conversation})
+        assert r.status_code == 200, r.text
+        assert r.json()["tokens"] == reference.chat_prompt_ids(tokenizer, conversation)
+
+
+def test_openai_chat_completions_greedy(vllm_server, vllm_backend, reference_model):
+    """The OpenAI-style endpoint at temperature 0: the transformers greedy continuation of the chat template."""
+    require_route(vllm_server, vllm_backend, "/v1/chat/completions")
+    model, tokenizer = reference_model
+    conversation = CONVERSATIONS[1]
+    prompt = reference.chat_prompt_ids(tokenizer, conversation)
+    expected = reference.greedy(model, tokenizer, [prompt], MAX_TOKENS)[0]
+    r = post(vllm_server, "/v1/chat/completions",
+             json={"messages": conversation, "temperature": 0.0, "max_tokens": MAX_TOKENS})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["object"] == "chat.completion"
+    assert body["usage"] == {"prompt_tokens": len(prompt), "completion_tokens": len(expected),
+                             "total_tokens": len(prompt) + len(expected)}
+    (choice,) = body["choices"]
+    assert choice["message"]["role"] == "assistant"
+    assert choice["message"]["content"] == tokenizer.decode(expected, skip_special_tokens=True)
 
 
 @pytest.mark.parametrize("body, error", [
