@@ -116,7 +116,7 @@ _PRESTARTED: dict = {}  # "server" -> ServerProcess started early, not yet claim
 
 
 def _server_env(ctx) -> dict[str, str]:
-    return {**os.environ, **CPU_ENGINE_ENV} if ctx.lane == "cpu" else dict(os.environ)
+    return dict(CPU_ENGINE_ENV) if ctx.lane == "cpu" else {}  # on top of childenv.child_env()
 
 
 def _model_dir(ctx) -> Path:

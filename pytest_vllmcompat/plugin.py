@@ -11,6 +11,7 @@ import signal
 
 import pytest
 
+from . import childenv
 from . import config as settings
 from . import context
 from . import lanes
@@ -35,6 +36,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[CONTEXT_KEY] = context.build(config)
     _stop_cleanly_on_sigterm()
     _pin_gpu_for_xdist_worker(config.stash[CONTEXT_KEY].lane)
+    childenv.record_session_start()  # after the GPU pinning, which children must inherit
 
 
 def _pin_gpu_for_xdist_worker(lane: str) -> None:

@@ -7,17 +7,18 @@ what the test process imported.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
+from .childenv import child_env
+
 
 def run_probe(code: str, *args: str, env: dict[str, str] | None = None, timeout: float = 300) -> dict:
-    """The JSON object on the last stdout line of `python -c code args...`. VLLM_LOGGING_LEVEL is removed from the
-    environment (the backend sets it at import; probes check that), then `env` is applied."""
-    child_env = {k: v for k, v in os.environ.items() if k != "VLLM_LOGGING_LEVEL"}
-    child_env.update(env or {})
-    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=child_env,
+    """The JSON object on the last stdout line of `python -c code args...`, run in the session-start environment
+    (childenv) without VLLM_LOGGING_LEVEL (the backend sets it at import; probes check that), then `env`."""
+    probe_env = {k: v for k, v in child_env().items() if k != "VLLM_LOGGING_LEVEL"}
+    probe_env.update(env or {})
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=probe_env,
                           timeout=timeout)
     if proc.returncode != 0:
         raise AssertionError(f"probe failed (exit {proc.returncode}): python -c <probe> {' '.join(args)}\n"

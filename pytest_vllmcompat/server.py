@@ -20,6 +20,8 @@ from pathlib import Path
 
 import requests
 
+from .childenv import child_env
+
 OWNER_VAR = "PYTEST_VLLMCOMPAT_OWNER"
 TAG_VAR = "PYTEST_VLLMCOMPAT_TAG"
 POLL_INTERVAL = 0.25  # seconds between readiness polls
@@ -69,7 +71,7 @@ class ServerStartupError(RuntimeError):
 class ServerProcess:
     """Run `argv` in its own process group, wait for `health_url` to answer 2xx, stop the whole group.
 
-    `env` is added on top of os.environ for the child (None: inherit unchanged).
+    `env` is added on top of the session-start environment (childenv.child_env) for the child.
     """
 
     def __init__(self, name: str, argv: Sequence[str], *, port: int, health_url: str,
@@ -82,7 +84,7 @@ class ServerProcess:
         # (e.g. `trl vllm-serve` whose engine worker died): fail at once instead of at the timeout.
         self.fatal_log = re.compile("|".join(f"(?:{p})" for p in fatal_log_patterns), re.M) if fatal_log_patterns else None
         self.tag = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
-        self.env = {**os.environ, **(env or {}), OWNER_VAR: str(os.getpid()), TAG_VAR: self.tag}
+        self.env = {**child_env(env), OWNER_VAR: str(os.getpid()), TAG_VAR: self.tag}
         # Python children buffer stdout when it is a file; a killed server would lose its last lines.
         self.env.setdefault("PYTHONUNBUFFERED", "1")
         self.proc: subprocess.Popen | None = None

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from pytest_vllmcompat.childenv import child_env
+
 SCRIPT = Path(__file__).with_name("trainer_run.py")
 TIMEOUT = 900  # engine start ~40-60 s on 2 busy cores, training 2 steps < 5 s
 
@@ -27,7 +29,7 @@ pytestmark = pytest.mark.vllm_mode("colocate")
 
 def run_trainer(spec: dict, tmp_path) -> dict:
     spec = {**spec, "out": str(tmp_path / "out")}
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
+    env = child_env({"VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")})
     started = time.monotonic()
     proc = subprocess.run([sys.executable, str(SCRIPT), json.dumps(spec)], capture_output=True, text=True, env=env,
                           timeout=TIMEOUT, cwd=tmp_path)

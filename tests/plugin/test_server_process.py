@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from pytest_vllmcompat import childenv
 from pytest_vllmcompat.ports import free_port
 from pytest_vllmcompat.server import (
     OWNER_VAR,
@@ -294,3 +295,20 @@ def test_no_fatal_patterns_means_only_exit_or_timeout_fail(tmp_path):
     server = make(tmp_path, "--say", "Process Process-1:")
     with server:
         assert server.alive
+
+
+def test_servers_get_the_session_start_environment_not_what_an_engine_left(tmp_path, monkeypatch):
+    """An engine built in the test process rewrites os.environ (vLLM's external_launcher sets
+    VLLM_ENABLE_V1_MULTIPROCESSING=0); a server started afterwards must run as a user's would."""
+    monkeypatch.setattr(childenv, "_session_start", None)
+    monkeypatch.setenv("VLLMCOMPAT_SELFTEST_VAR", "at session start")
+    monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)
+    childenv.record_session_start()
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # what building a colocate engine does
+    monkeypatch.setenv("VLLMCOMPAT_SELFTEST_VAR", "changed later")
+    with make(tmp_path, "--print-env", "VLLM_ENABLE_V1_MULTIPROCESSING", "--print-env", "VLLMCOMPAT_SELFTEST_VAR",
+              "--print-env", "VLLMCOMPAT_SELFTEST_EXTRA", env={"VLLMCOMPAT_SELFTEST_EXTRA": "given"}) as server:
+        log = server.log_path.read_text()
+    assert "VLLM_ENABLE_V1_MULTIPROCESSING=<unset>" in log
+    assert "VLLMCOMPAT_SELFTEST_VAR=at session start" in log
+    assert "VLLMCOMPAT_SELFTEST_EXTRA=given" in log
