@@ -182,12 +182,17 @@ def scenario(pytester: pytest.Pytester):
     pytester.makeconftest(CONFTEST)
     pytester.makepyfile(test_inner=SERVER_TESTS)
     runs: list[Inner] = []
+    # Inner runs must take SIGINT as from a terminal. A background job of a non-interactive shell starts with
+    # SIGINT ignored, inherited across exec, and Python then never raises KeyboardInterrupt; a caught signal is
+    # reset to the default across exec, so catching it here gives the inner runs the default.
+    previous_sigint = signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def start(name, *args, **kw) -> Inner:
         runs.append(Inner(pytester, name, *args, **kw))
         return runs[-1]
 
     yield start
+    signal.signal(signal.SIGINT, previous_sigint)
     leaks = {run.mark: marked(run.mark) for run in runs}
     for run in runs:
         run.cleanup()
