@@ -37,10 +37,11 @@ import threading
 import time
 from pathlib import Path
 
+from .fixtures import CPU_ENGINE_ENV as ENGINE_ENV  # the floor's engines get the env the harness gives its own
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ENV = ROOT / ".nox" / "vllm-0-11-1-tf4"
 DEFAULT_SESSION = "vllm-0.11.1(tf4)"
-from .fixtures import CPU_ENGINE_ENV as ENGINE_ENV  # the engines the harness starts get the same env
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 # The engine TRL's colocate mode builds (trl/generation/vllm_generation.py, VLLMGeneration defaults, 1 process),

@@ -54,10 +54,15 @@ TESTED_ROUTES = {
 FASTAPI_ROUTES = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}  # FastAPI's own, not TRL's
 
 
-def served_routes(server) -> set[str]:
+def openapi(server) -> dict:
+    """The server's own description of its routes and request schemas (FastAPI's /openapi.json)."""
     r = get(server, "/openapi.json")
     assert r.status_code == 200, r.text
-    return set(r.json()["paths"]) - FASTAPI_ROUTES
+    return r.json()
+
+
+def served_routes(server) -> set[str]:
+    return set(openapi(server)["paths"]) - FASTAPI_ROUTES
 
 
 def require_route(server, backend, route: str) -> None:
@@ -128,8 +133,7 @@ def prompts_error_loc(server) -> list[str]:
     """Where pydantic locates an error in `prompts`: with a union type it names the member it tried first. TRL
     0.29.1 declares `prompts: list[str] | list[list[int]]` (token-id prompts), 0.28.0 and 0.29.0 `list[str]`;
     the server's own OpenAPI schema says which one this is."""
-    schemas = get(server, "/openapi.json").json()["components"]["schemas"]
-    prompts = schemas["GenerateRequest"]["properties"]["prompts"]
+    prompts = openapi(server)["components"]["schemas"]["GenerateRequest"]["properties"]["prompts"]
     return ["body", "prompts", "list[str]"] if "anyOf" in prompts else ["body", "prompts"]
 
 
