@@ -1,4 +1,4 @@
-"""Sessions generated from matrix/support.toml. Thin: install logic lives in pytest_vllmcompat.lanes.
+"""Sessions generated from matrix/support.toml. Thin: install logic lives in pytest_vllmcompat.install.
 
   nox -l                      list the cells
   nox -s vllm-0.11.1          both transformers cells of vLLM 0.11.1
@@ -19,7 +19,8 @@ import nox
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))  # the harness's own code, usable before it is installed anywhere
 
-from pytest_vllmcompat import lanes, matrix  # noqa: E402
+from pytest_vllmcompat import host, matrix  # noqa: E402
+from pytest_vllmcompat.install import plan as install  # noqa: E402
 
 MATRIX = matrix.load()
 nox.options.default_venv_backend = "uv"
@@ -31,10 +32,14 @@ RESULTS = ROOT / "results"  # each cell run writes its JSON result here; the gat
 
 @nox.session(name="self-test", python=MATRIX.python)
 def self_test(session: nox.Session) -> None:
-    """The plugin's own tests: no vLLM, torch or backend needed."""
+    """The plugin's own checks: ruff, mypy, and its tests (no vLLM, torch or backend needed)."""
     session.install("-e", f"{ROOT}[dev]")
+    # tests/plugin/test_version_gate.py imports each released backend's trl.import_utils (installed there with
+    # --no-deps); TRL 0.28.0's imports transformers. No torch is needed for that.
+    session.install(MATRIX.transformers["4"])
+    session.run("ruff", "check", "pytest_vllmcompat", "tests", "noxfile.py")
+    session.run("mypy")
     session.run("pytest", "tests/plugin", *session.posargs)
-
 
 
 @nox.session(name="plans", python=MATRIX.python)
@@ -42,7 +47,7 @@ def plans(session: nox.Session) -> None:
     """Resolve the CUDA lane's install plans of all cells with uv (metadata only, no GPU): fails naming the
     cell and quoting the resolver when one no longer resolves. Target: VLLMCOMPAT_TARGET or the matrix's."""
     session.install("-e", f"{ROOT}[dev]")
-    target = os.environ.get(lanes.TARGET_ENV)
+    target = os.environ.get(install.TARGET_ENV)
     session.run("python", "-m", "pytest_vllmcompat", "plan", "--lane", "cuda", "--check",
                 *(["--target", target] if target else []), *session.posargs)
 
@@ -60,14 +65,14 @@ def _cell_session(version: str):
     @nox.session(name=f"vllm-{version}", python=MATRIX.python, tags=["cell"])  # CI: nox -l --json -t cell
     @nox.parametrize("transformers", list(MATRIX.transformers), ids=[f"tf{t}" for t in MATRIX.transformers])
     def cell_session(session: nox.Session, transformers: str) -> None:
-        cell = MATRIX.cell(version, transformers, lanes.resolve_lane(), os.environ.get(lanes.TARGET_ENV))
-        plan = lanes.install_plan(MATRIX, cell)
+        cell = MATRIX.cell(version, transformers, host.resolve_lane(), os.environ.get(install.TARGET_ENV))
+        plan = install.install_plan(MATRIX, cell)
         session.log(f"cell: {cell}")
         session.install(*plan.write(Path(session.create_tmp()) / "plan"))
         for step in plan.post_install:  # an install step: runs with --install-only, skipped with -R
             session.run_install("python", *step)
         session.run("python", "-m", "pytest_vllmcompat", "versions")
-        env = {lanes.LANE_ENV: cell.lane, lanes.TARGET_ENV: cell.target}
+        env = {host.LANE_ENV: cell.lane, install.TARGET_ENV: cell.target}
         session.run(
             "pytest", "tests/compat", "--vllm-results", str(RESULTS), *session.posargs,
             env=env, interrupt_timeout=PYTEST_INTERRUPT_TIMEOUT, terminate_timeout=30.0,

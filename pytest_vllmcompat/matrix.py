@@ -12,6 +12,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import MatrixError
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -21,10 +23,6 @@ LANES = ("cpu", "cuda")
 DEFAULT_PATH = Path(__file__).resolve().parent.parent / "matrix" / "support.toml"
 MATRIX_ENV = "VLLMCOMPAT_MATRIX"
 CPU_PIN_KEYS = ("torch", "torchvision", "torchaudio", "triton", "needs_glibcxx", "needs_glibc")
-
-
-class MatrixError(ValueError):
-    """The matrix file is malformed, or a cell was asked for that it does not declare."""
 
 
 @dataclass(frozen=True)

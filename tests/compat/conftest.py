@@ -2,8 +2,8 @@
 
 import pytest
 
-from pytest_vllmcompat import reference
-from pytest_vllmcompat.reference import MAX_TOKENS, PROMPTS
+from pytest_vllmcompat.testing import reference
+from pytest_vllmcompat.testing.reference import MAX_TOKENS, PROMPTS
 
 
 @pytest.fixture(scope="session")

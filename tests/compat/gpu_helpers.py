@@ -22,38 +22,28 @@ from pathlib import Path
 
 RESULT_PREFIX = "RESULT "
 CHILD_TIMEOUT = 900.0  # seconds: engine startup on a cold GPU runner plus generation
-SERVER_ARGS = ("--dtype", "float32", "--gpu_memory_utilization", "0.3")  # float32: equal to the transformers reference
+SERVER_ARGS = ("--dtype", "float32")  # float32: equal to the transformers reference
+SERVER_MEMORY = 0.3
 SAME_DEVICE_ERROR = "Attempting to use the same CUDA device (UUID: "  # TRL's WeightSyncWorkerExtension.init_communicator
 
 
 def visible_gpus() -> list[str]:
     """Physical ids of the GPUs this process sees, in CUDA order (CUDA_VISIBLE_DEVICES or all of them)."""
-    from pytest_vllmcompat import lanes
+    from pytest_vllmcompat import host
 
-    visible = os.environ.get(lanes.CUDA_VISIBLE_ENV)
+    visible = os.environ.get(host.CUDA_VISIBLE_ENV)
     if visible is not None:
-        return [g.strip() for g in visible.split(",") if g.strip()][: lanes.gpu_count()]
-    return [str(i) for i in range(lanes.gpu_count())]
+        return [g.strip() for g in visible.split(",") if g.strip()][: host.gpu_count()]
+    return [str(i) for i in range(host.gpu_count())]
 
 
 @contextlib.contextmanager
-def serve(backend, model_dir, log_dir: Path, *, gpus: list[str], extra: tuple[str, ...] = (),
-          startup_timeout: float = 600.0):
-    """`trl vllm-serve` on a free port with CUDA_VISIBLE_DEVICES=<gpus>; stopped (whole group) on exit."""
-    from pytest_vllmcompat.fixtures import MAX_MODEL_LEN, STARTED_SERVERS
-    from pytest_vllmcompat.ports import free_port
-    from pytest_vllmcompat.server import ServerProcess
-
-    host, port = "127.0.0.1", free_port()
-    argv = backend.serve_argv(str(model_dir), host=host, port=port, max_model_len=MAX_MODEL_LEN,
-                              extra=[*SERVER_ARGS, *extra])
-    server = ServerProcess(
-        f"trl vllm-serve (GPU {','.join(gpus)})", argv, port=port, health_url=f"http://{host}:{port}/health/",
-        log_path=Path(log_dir) / f"vllm-serve-{port}.log", env={"CUDA_VISIBLE_DEVICES": ",".join(gpus)},
-        startup_timeout=startup_timeout,
-    )
-    STARTED_SERVERS.append(server)  # failing tests get its log tail
-    with server:
+def serve(factory, log_dir: Path, *, gpus: list[str], extra: tuple[str, ...] = (), startup_timeout: float = 600.0):
+    """`trl vllm-serve` (float32) on a free port with CUDA_VISIBLE_DEVICES=<gpus>, through the plugin's server
+    factory (readiness, fatal log lines, log tails in reports); the whole group is stopped on exit."""
+    with factory.vllm_serve(name=f"trl vllm-serve (GPU {','.join(gpus)})", extra=(*SERVER_ARGS, *extra),
+                            gpu_memory_utilization=SERVER_MEMORY, env={"CUDA_VISIBLE_DEVICES": ",".join(gpus)},
+                            startup_timeout=startup_timeout, log_dir=log_dir) as server:
         yield server
 
 
@@ -63,9 +53,10 @@ def weight_sync_client(backend, server, connection_timeout: float = 60.0):
     VLLMClient's atexit hook, which would otherwise retry for a minute against the stopped server."""
     import atexit
 
-    from pytest_vllmcompat.backend import ServerClient
-    from pytest_vllmcompat.ports import free_port
     from trl.generation.vllm_client import VLLMClient
+
+    from pytest_vllmcompat.backend import ServerClient
+    from pytest_vllmcompat.process.ports import free_port
 
     client = VLLMClient(base_url=server.base_url, group_port=free_port("0.0.0.0"),
                         connection_timeout=connection_timeout)
@@ -97,7 +88,9 @@ def perturbed(model, seed: int = 1234, scale: float = 0.5):
 def run_child(scenario: str, gpu: str, timeout: float = CHILD_TIMEOUT, **kwargs) -> dict:
     """Run `scenario` in a child pinned to physical GPU `gpu`; its RESULT dict (AssertionError with the output
     tail if it crashed or printed none)."""
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu, "PYTHONUNBUFFERED": "1"}
+    from pytest_vllmcompat.process.childenv import child_env
+
+    env = child_env({"CUDA_VISIBLE_DEVICES": gpu, "PYTHONUNBUFFERED": "1"})
     proc = subprocess.run([sys.executable, __file__, scenario, json.dumps(kwargs)], capture_output=True, text=True,
                           timeout=timeout, env=env)
     for line in reversed(proc.stdout.splitlines()):
@@ -110,19 +103,18 @@ def run_child(scenario: str, gpu: str, timeout: float = CHILD_TIMEOUT, **kwargs)
 def start_child(scenario: str, gpu: str, log_path: Path, **kwargs) -> subprocess.Popen:
     """Like run_child, but in the background (own process group, output to `log_path`): for a scenario expected
     to block, e.g. the trainer side of a refused weight sync. Stop it with stop_child."""
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu, "PYTHONUNBUFFERED": "1"}
+    from pytest_vllmcompat.process.childenv import child_env
+
+    env = child_env({"CUDA_VISIBLE_DEVICES": gpu, "PYTHONUNBUFFERED": "1"})
     with open(log_path, "wb") as log:
         return subprocess.Popen([sys.executable, __file__, scenario, json.dumps(kwargs)], stdout=log,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
 
 
 def stop_child(proc: subprocess.Popen) -> None:
-    import signal
+    from pytest_vllmcompat.process.executor import stop_group
 
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
+    stop_group(proc, grace=5.0)
 
 
 def wait_for_log(server, text: str, timeout: float) -> bool:

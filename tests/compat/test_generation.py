@@ -3,7 +3,7 @@
 import pytest
 
 from pytest_vllmcompat.backend import SamplingOptions
-from pytest_vllmcompat.reference import MAX_TOKENS, PROMPTS
+from pytest_vllmcompat.testing.reference import MAX_TOKENS, PROMPTS
 
 
 @pytest.mark.smoke

@@ -5,7 +5,6 @@ from importlib import metadata
 import pytest
 
 
-
 def test_vllm_reports_the_upstream_version(cell):
     import vllm
 

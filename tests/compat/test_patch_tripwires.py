@@ -10,32 +10,16 @@ That the engine then builds and generates with the patched code in such a cell i
 Import order: the patches replace module attributes, so a name bound *before* `import trl`
 (`from vllm.transformers_utils.tokenizer import get_cached_tokenizer`) keeps vLLM's original, bug included.
 
-And the matrix side: a patch that no declared cell needs is reported as removable (test fails, naming it).
+The matrix side (a patch that no declared cell needs is removable) gives the same answer in every cell, so it is
+one of the plugin's own tests: tests/plugin/test_patch_table.py.
 """
 
 import textwrap
 
 import pytest
-from packaging.version import Version
 
-from pytest_vllmcompat import matrix as vmatrix
-from pytest_vllmcompat import probe
-
-# name -> (module, condition on (vllm, transformers line), exception type, text the error must contain, vLLM fix)
-PATCHES = {
-    "DisabledTqdm": dict(
-        module="vllm.model_executor.model_loader.weight_utils",
-        condition=lambda vllm, tf: Version(vllm) < Version("0.11.1"),
-        condition_text="vllm < 0.11.1",
-        error=("TypeError", "got multiple values for keyword argument 'disable'"),
-    ),
-    "get_cached_tokenizer": dict(
-        module="vllm.transformers_utils.tokenizer",
-        condition=lambda vllm, tf: int(tf) >= 5 and Version(vllm) < Version("0.12.0"),
-        condition_text="transformers >= 5 and vllm < 0.12.0",
-        error=("AttributeError", "all_special_tokens_extended"),
-    ),
-}
+from pytest_vllmcompat.testing import probe
+from pytest_vllmcompat.testing.patches import PATCH_MODULE, PATCHES
 
 # One interpreter per mode. The calls: DisabledTqdm with a caller-supplied `disable` (the case vLLM PR #28471 fixed;
 # vLLM hands DisabledTqdm to huggingface_hub as `tqdm_class` for Hub downloads, so a local model never reaches it);
@@ -117,13 +101,13 @@ def import_order_probe(vllm_model_dir):
 
 
 def needed(name: str, cell) -> bool:
-    return PATCHES[name]["condition"](cell.vllm, cell.transformers)
+    return PATCHES[name].condition(cell.vllm, cell.transformers)
 
 
 def assert_is_the_bug(name: str, result: dict, where: str) -> None:
-    kind, text = PATCHES[name]["error"]
+    kind, text = PATCHES[name].error
     assert not result["ok"], f"{name}: vLLM's original works {where}; the patch's condition " \
-                             f"({PATCHES[name]['condition_text']}) says it should not"
+                             f"({PATCHES[name].condition_text}) says it should not"
     assert result["type"] == kind and text in result["message"], \
         f"{name}: expected {kind} containing {text!r} {where}, got {result['type']}: {result['message']}"
 
@@ -151,7 +135,7 @@ def test_after_importing_the_backend_the_call_works(cell, import_order_probe, na
     if result["after_trl"].get("absent"):
         assert not needed(name, cell), f"{name}: the backend should patch it in {cell} but vLLM has no such name"
         return  # and the backend did not add one (module_attr_replaced is False)
-    assert result["module_attr_defined_in"] == ("trl._compat" if needed(name, cell) else PATCHES[name]["module"])
+    assert result["module_attr_defined_in"] == (PATCH_MODULE if needed(name, cell) else PATCHES[name].module)
     assert result["after_trl"]["ok"], f"{name} fails after import trl in {cell}: " \
                                       f"{result['after_trl'].get('type')}: {result['after_trl'].get('message')}"
 
@@ -167,15 +151,3 @@ def test_a_name_bound_before_importing_the_backend_keeps_vllms_original(cell, im
     else:
         assert not result["module_attr_replaced"]
         assert result["early"]["ok"] or result["early"].get("absent"), result["early"]
-
-
-@pytest.mark.parametrize("name", list(PATCHES))
-def test_each_patch_is_needed_by_a_declared_cell(name):
-    """A patch no cell of the matrix needs any more is removable: this fails and says so (e.g. once the matrix
-    drops vLLM 0.10.2 and 0.11.0, DisabledTqdm is removable)."""
-    m = vmatrix.load()
-    cells = [(v, t) for v in m.vllm_versions for t in m.transformers]
-    needing = [f"vllm-{v}(tf{t})" for v, t in cells if PATCHES[name]["condition"](v, t)]
-    assert needing, (f"{name} patch is removable: no cell of {m.path} has {PATCHES[name]['condition_text']} "
-                     f"(declared: vLLM {', '.join(m.vllm_versions)}; transformers lines {', '.join(m.transformers)})")
-    print(f"{name} patch is needed by {len(needing)} cell(s) of {m.path.name}: {', '.join(needing)}")

@@ -8,9 +8,9 @@ attribute is afterwards and which module defined it.
 import textwrap
 
 import pytest
-from packaging.version import Version
 
-from pytest_vllmcompat.probe import run_probe
+from pytest_vllmcompat.testing.patches import PATCH_MODULE, PATCHES
+from pytest_vllmcompat.testing.probe import run_probe
 
 PROBE = textwrap.dedent(
     """
@@ -30,7 +30,6 @@ PROBE = textwrap.dedent(
     }))
     """
 )
-PATCH_MODULE = "trl._compat"
 
 
 def probe(extra_env: dict[str, str]) -> dict:
@@ -44,11 +43,7 @@ def default_probe():
 
 def expected_patches(cell) -> dict[str, bool]:
     """The conditions the backend documents for each patch, evaluated for this cell's upstream versions."""
-    vllm, tf = Version(cell.vllm), int(cell.transformers)
-    return {
-        "DisabledTqdm": vllm < Version("0.11.1"),
-        "get_cached_tokenizer": tf >= 5 and vllm < Version("0.12.0"),
-    }
+    return {name: patch.condition(cell.vllm, cell.transformers) for name, patch in PATCHES.items()}
 
 
 @pytest.mark.parametrize("name", ["DisabledTqdm", "get_cached_tokenizer"])

@@ -13,9 +13,9 @@ import time
 
 import pytest
 
-from pytest_vllmcompat import reference
 from pytest_vllmcompat.backend import SamplingOptions
-from pytest_vllmcompat.reference import CONVERSATIONS, MAX_TOKENS, PROMPTS
+from pytest_vllmcompat.testing import reference
+from pytest_vllmcompat.testing.reference import CONVERSATIONS, MAX_TOKENS, PROMPTS
 
 # The tiny model's successor map makes sampling at T=1 almost greedy; T=4 spreads it enough that different
 # seeds give different completions.

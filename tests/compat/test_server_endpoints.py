@@ -11,9 +11,9 @@ import time
 import pytest
 import requests
 
-from pytest_vllmcompat import reference
-from pytest_vllmcompat.fixtures import MAX_MODEL_LEN, vllm_serve
-from pytest_vllmcompat.reference import CONVERSATIONS, MAX_TOKENS
+from pytest_vllmcompat.backend.settings import MAX_MODEL_LEN
+from pytest_vllmcompat.testing import reference
+from pytest_vllmcompat.testing.reference import CONVERSATIONS, MAX_TOKENS
 
 pytestmark = pytest.mark.vllm_mode("server")
 
@@ -155,10 +155,9 @@ def test_malformed_generate_request_is_422_and_the_server_keeps_serving(vllm_ser
 
 
 @pytest.fixture
-def disposable_server(request, vllm_engine_host, vllm_backend, vllm_model_dir, vllmcompat_context, tmp_path):
+def disposable_server(vllm_engine_host, vllm_server_factory, tmp_path):
     """A `trl vllm-serve` of its own, for requests that may break the server (the session server must not be)."""
-    with vllm_serve(request, vllm_backend, vllm_model_dir, vllmcompat_context, log_dir=tmp_path,
-                    name="trl vllm-serve (disposable)") as server:
+    with vllm_server_factory.vllm_serve(name="trl vllm-serve (disposable)", log_dir=tmp_path) as server:
         yield server
 
 
@@ -199,7 +198,7 @@ def test_client_without_server_raises_connection_error_after_the_timeout(vllm_ba
     ConnectionError:` in user code does not catch it; `except OSError` / `requests.RequestException` do."""
     from trl.generation.vllm_client import VLLMClient
 
-    from pytest_vllmcompat.ports import free_port
+    from pytest_vllmcompat.process.ports import free_port
 
     port = free_port("127.0.0.1")
     base_url = f"http://127.0.0.1:{port}"

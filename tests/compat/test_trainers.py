@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_vllmcompat.childenv import child_env
+from pytest_vllmcompat.process.childenv import child_env
 
 SCRIPT = Path(__file__).with_name("trainer_run.py")
 TIMEOUT = 900  # engine start ~40-60 s on 2 busy cores, training 2 steps < 5 s

@@ -7,10 +7,9 @@ Server-mode weight sync (NCCL) needs CUDA: tests/compat/test_gpu.py.
 import pytest
 import torch
 
-from pytest_vllmcompat import reference
 from pytest_vllmcompat.backend import SamplingOptions
-from pytest_vllmcompat.reference import MAX_TOKENS, PROMPTS
-
+from pytest_vllmcompat.testing import reference
+from pytest_vllmcompat.testing.reference import MAX_TOKENS, PROMPTS
 
 pytestmark = pytest.mark.vllm_mode("colocate")
 

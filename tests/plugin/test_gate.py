@@ -162,17 +162,17 @@ def test_foreign_files_and_non_cells_are_not_gated(tmp_path, capsys):
 # --- the JSON a real plugin run writes ---------------------------------------------------
 
 CELL_CONFTEST = """
-from pytest_vllmcompat import cellinfo
+from pytest_vllmcompat.install import installed as cellinfo
 cellinfo.installed = lambda name: {"vllm": "0.11.1", "transformers": "4.57.6", "trl": "0.29.1"}.get(name)
 """
 
 CELL_TESTS = """
 import pytest
-from pytest_vllmcompat.results import record_startup
+from pytest_vllmcompat.plugin.state import record_startup
 
 @pytest.fixture(scope="session")
-def engine():
-    record_startup("colocate_engine", 12.5)
+def engine(request):
+    record_startup(request.config, "colocate_engine", 12.5)
 
 def test_ok(engine):
     pass

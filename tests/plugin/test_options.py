@@ -21,7 +21,7 @@ def test_mode_free():
 """
 
 SHOW_SETTINGS = r"""
-from pytest_vllmcompat import config
+from pytest_vllmcompat.plugin import settings as config
 
 def test_show(pytestconfig):
     print("\nMODE=" + config.resolve(pytestconfig, "vllm_mode"))
@@ -135,7 +135,7 @@ def test_known_failure_becomes_strict_xfail(pytester, monkeypatch):
     # A known failure applies to a cell: make this env look like one (vllm/transformers from metadata).
     pytester.makeconftest(
         """
-        from pytest_vllmcompat import cellinfo
+        from pytest_vllmcompat.install import installed as cellinfo
         cellinfo.installed = lambda name: {"vllm": "0.11.1", "transformers": "4.57.6", "trl": "0.29.1"}.get(name)
         """
     )

@@ -1,5 +1,5 @@
 """pytest-level process scenarios: real inner pytest runs (some under xdist) whose session fixture starts
-`tiny_http_server.py` through `fixtures.running_server`, the code path of the real `vllm_server` fixture.
+`tiny_http_server.py` through the `vllm_server_factory` fixture, the code path of the real `vllm_server` fixture.
 
 Each inner run gets a unique SCENARIO_MARK in its environment, inherited by its workers, servers and their
 children; after each scenario no process carrying it may remain. Timings are printed (run with -s to see them).
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_vllmcompat import fixtures
+from pytest_vllmcompat.process import executor
 
 TINY = Path(__file__).with_name("tiny_http_server.py")
 SECRET = "hf_scenarioSECRET0123456789"
@@ -29,17 +29,16 @@ SECRET = "hf_scenarioSECRET0123456789"
 CONFTEST = f"""
 import json, os, sys
 import pytest
-from pytest_vllmcompat.fixtures import running_server
 
 @pytest.fixture(scope="session")
-def tiny_server(request, tmp_path_factory):
+def tiny_server(vllm_server_factory):
     extra = os.environ.get("SCENARIO_SERVER_ARGS", "").split()
 
     def argv(host, port):
         return [sys.executable, {str(TINY)!r}, "--port", str(port), *extra]
 
-    with running_server(request, "tiny-server", argv, log_dir=tmp_path_factory.mktemp("servers"),
-                        startup_timeout=float(os.environ.get("SCENARIO_STARTUP_TIMEOUT", "30"))) as server:
+    with vllm_server_factory.start("tiny-server", argv, health_path="/health",
+                                   startup_timeout=float(os.environ.get("SCENARIO_STARTUP_TIMEOUT", "30"))) as server:
         yield server
 
 def _note(**facts):
@@ -237,7 +236,7 @@ def test_startup_timeout(scenario):
     assert run.wait() == 1
     out = run.output
     assert "tiny-server did not become ready in time" in out, out
-    assert "exit code: still running (killed after startup timeout)" in out
+    assert "exit code: still running (killed after the startup timeout of 1.5 s)" in out
     elapsed = float(re.search(r"elapsed:\s+([\d.]+) s", out).group(1))
     assert 1.4 <= elapsed < 5
     child = int(re.search(r"child pid (\d+)", run.server_logs()[0].read_text()).group(1))
@@ -292,7 +291,8 @@ def test_sigterm_while_test_runs(scenario):
     assert took < 10
 
 
-def test_kill_9_of_xdist_worker_is_swept_by_controller(scenario):
+def test_kill_9_of_xdist_worker_leaves_no_server(scenario):
+    """The worker's servers die with it: their watchdog stops them (or, if it is slower, the controller's sweep)."""
     pytest.importorskip("xdist")
     run = scenario("kill9", "-n", "2", "test_inner.py::test_long_running", env=server_env("--spawn-child"))
     running = poll(lambda: run.notes("running"), 60, "the test to run on a worker")[0]
@@ -301,16 +301,31 @@ def test_kill_9_of_xdist_worker_is_swept_by_controller(scenario):
     child = int(re.search(r"child pid (\d+)", run.server_logs()[0].read_text()).group(1))
     t_kill = time.monotonic()
     os.kill(worker, signal.SIGKILL)
-    poll(lambda: not alive(server_pid) and not alive(child), 30, "the crashed worker's server to be swept")
-    swept_after = time.monotonic() - t_kill
+    poll(lambda: not alive(server_pid) and not alive(child), 30, "the crashed worker's server to be stopped")
+    stopped_after = time.monotonic() - t_kill
     rc = run.wait(timeout=60)
     out = run.output
     assert rc == 1, out
-    assert re.search(r"vllmcompat swept a server of crashed worker gw\d: pid %d " % server_pid, out), out
     assert "crashed" in out
     assert not marked(run.mark)
-    report("kill -9 of an xdist worker", kill_to_server_swept=swept_after)
-    assert swept_after < 15
+    report("kill -9 of an xdist worker", kill_to_server_stopped=stopped_after)
+    assert stopped_after < 15
+
+
+def test_kill_9_of_pytest_itself_leaves_no_server(scenario):
+    """SIGKILL of the pytest process that owns the server: no teardown runs, the watchdog stops the server's group."""
+    run = scenario("kill9-main", "test_inner.py::test_long_running", env=server_env("--spawn-child"))
+    running = poll(lambda: run.notes("running"), 30, "the test to run")[0]
+    server_pid = running["server_pid"]
+    child = int(re.search(r"child pid (\d+)", run.server_logs()[0].read_text()).group(1))
+    t_kill = time.monotonic()
+    os.kill(run.proc.pid, signal.SIGKILL)
+    assert run.wait(timeout=10) == -signal.SIGKILL
+    poll(lambda: not alive(server_pid) and not alive(child), 15, "the watchdog to stop the server group")
+    stopped_after = time.monotonic() - t_kill
+    assert not marked(run.mark)
+    report("kill -9 of pytest", kill_to_server_group_stopped=stopped_after)
+    assert stopped_after < 5
 
 
 def test_two_concurrent_xdist_runs_each_worker_own_server(scenario):
@@ -346,16 +361,11 @@ def test_secret_not_in_failing_test_report(scenario):
     assert not marked(run.mark)
 
 
-class _Request:
-    fixturename = "some_server"
+def test_start_on_free_port_retries_when_port_taken(tmp_path, monkeypatch):
+    """The choose-then-bind race: the first port is taken by someone else; the executor retries on a new one."""
+    from pytest_vllmcompat.process import ports
 
-
-def test_running_server_retries_when_port_taken(tmp_path, monkeypatch):
-    """The choose-then-bind race: the first port is taken by someone else; the helper retries on a new one."""
-    from pytest_vllmcompat import ports
-
-    monkeypatch.setattr(fixtures, "STARTED_SERVERS", [])
-    monkeypatch.setattr(fixtures, "SERVER_FIXTURES", set())
+    discarded = []
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))  # bound, not listening: health checks are refused at once
         taken_port = taken.getsockname()[1]
@@ -363,14 +373,18 @@ def test_running_server_retries_when_port_taken(tmp_path, monkeypatch):
         real = ports.free_port
         monkeypatch.setattr(ports, "free_port", lambda host="127.0.0.1": next(handed, None) or real(host))
 
-        def argv(host, port):
-            return [sys.executable, str(TINY), "--port", str(port)]
+        def make(port):
+            return executor.ServerProcess("tiny server", [sys.executable, str(TINY), "--port", str(port)], port=port,
+                                          health_url=f"http://127.0.0.1:{port}/health",
+                                          log_path=tmp_path / f"tiny-server-{port}.log", startup_timeout=20)
 
-        with fixtures.running_server(_Request(), "tiny server", argv, log_dir=tmp_path, startup_timeout=20) as server:
+        server = executor.start_on_free_port(make, discard=discarded.append)
+        try:
             assert server.port != taken_port and server.alive
-            assert fixtures.STARTED_SERVERS == [server]
-            assert fixtures.SERVER_FIXTURES == {"some_server"}
+            assert [s.port for s in discarded] == [taken_port]
             pid = server.pid
+        finally:
+            server.stop()
         assert not alive(pid)
     first_log = (tmp_path / f"tiny-server-{taken_port}.log").read_text()
     assert "address already in use" in first_log.lower()

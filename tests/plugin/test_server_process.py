@@ -13,16 +13,12 @@ from pathlib import Path
 import pytest
 import requests
 
-from pytest_vllmcompat import childenv
-from pytest_vllmcompat.ports import free_port
-from pytest_vllmcompat.server import (
-    OWNER_VAR,
-    TAG_VAR,
-    ServerProcess,
-    ServerStartupError,
-    redact,
-    sweep_leftovers,
-)
+from pytest_vllmcompat.errors import ServerStartupError
+from pytest_vllmcompat.process import childenv
+from pytest_vllmcompat.process.childenv import redact
+from pytest_vllmcompat.process.executor import OWNER_VAR, TAG_VAR, ServerProcess
+from pytest_vllmcompat.process.ports import free_port
+from pytest_vllmcompat.process.sweep import sweep_leftovers
 
 TINY = Path(__file__).with_name("tiny_http_server.py")
 
@@ -112,7 +108,7 @@ def test_startup_timeout_reports_and_leaves_no_process(tmp_path):
     assert 1.4 <= err.elapsed < 4.0
     msg = str(err)
     assert "did not become ready in time" in msg
-    assert "exit code: still running (killed after startup timeout)" in msg
+    assert "exit code: still running (killed after the startup timeout of 1.5 s)" in msg
     assert str(server.log_path) in msg
     assert '"GET /health HTTP/1.1" 503' in err.log_tail
     assert server.proc.returncode == -signal.SIGTERM
@@ -274,7 +270,7 @@ def test_free_port_never_repeats():
 
 def test_fatal_log_line_fails_fast_while_the_process_lives_on(tmp_path):
     """Like `trl vllm-serve` whose engine worker died: the main process never exits nor answers /health/."""
-    from pytest_vllmcompat.backend import SERVE_FATAL_LOG_PATTERNS
+    from pytest_vllmcompat.backend.serve import SERVE_FATAL_LOG_PATTERNS
 
     server = make(tmp_path, "--delay-ready", "600", "--say", "Process Process-1:", "--say", "Traceback (most recent call last):",
                   startup_timeout=60, fatal_log_patterns=SERVE_FATAL_LOG_PATTERNS)

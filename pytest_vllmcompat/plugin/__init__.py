@@ -1,0 +1,189 @@
+"""pytest11 entry point: hooks of a few lines each, and the fixtures (plugin/fixtures.py).
+
+The pieces live next to this file: settings (options and their precedence), context (which cell this is),
+state (the run's state in config.stash), selection (modes, known failures, GPU requirements), servers (the
+server factory and the early start), results (the JSON result). Nothing heavy (torch, vLLM, transformers,
+the backend) is imported here.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Generator
+from types import FrameType
+from typing import Any
+
+import pytest
+
+from .. import host
+from ..process import childenv
+from ..process.sweep import sweep_leftovers
+from . import selection, settings, state
+from .context import build as build_context
+from .fixtures import (  # noqa: F401  (fixtures are registered by being in this module)
+    colocate_generator,
+    server_client,
+    vllm_backend,
+    vllm_engine_host,
+    vllm_generator,
+    vllm_model_dir,
+    vllm_server,
+    vllm_server_factory,
+    vllmcompat_context,
+)
+from .results import ResultsWriter, StartupRelay
+from .servers import PRESTART_ENV, ServerFactory, stop_prestarted
+
+MARKERS = (
+    "vllm_mode(name): the test exercises this backend mode (colocate or server)",
+    "smoke: one generation test per mode; what the benchmark times",
+    "gpu(n=1): needs n NVIDIA GPUs (CUDA lane)",
+)
+XDIST_WORKER_ENV = "PYTEST_XDIST_WORKER"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    settings.add_options(parser)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for marker in MARKERS:
+        config.addinivalue_line("markers", marker)
+    if config.option.help:
+        return
+    config.stash[state.STATE_KEY] = state.RunState(build_context(config))
+    config.pluginmanager.register(StartupRelay(state.of(config)), "vllmcompat-startups")
+    _stop_cleanly_on_sigterm()
+    _pin_gpu_for_xdist_worker(state.of(config).context.lane)
+    childenv.record_session_start()  # after the GPU pinning, which children must inherit
+
+
+def _pin_gpu_for_xdist_worker(lane: str) -> None:
+    """CUDA lane under xdist: worker gwN sees one GPU (N mod count), set before anything initializes CUDA.
+    A CUDA_VISIBLE_DEVICES set by the user wins."""
+    worker = os.environ.get(XDIST_WORKER_ENV)
+    if lane != "cuda" or not worker or host.CUDA_VISIBLE_ENV in os.environ:
+        return
+    pinned = host.pin_gpu_for_worker(worker, host.gpu_count())
+    if pinned is not None:
+        os.environ[host.CUDA_VISIBLE_ENV] = pinned
+
+
+def _stop_cleanly_on_sigterm() -> None:
+    """SIGTERM to pytest becomes KeyboardInterrupt, so session teardown stops servers and engines."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt(f"pytest received signal {signum}")
+
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        pass
+
+
+@pytest.hookimpl(tryfirst=True)  # before the session runs (the main pytest_cmdline_main runs it)
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput"):  # xdist workers send their reports to the controller
+        config.pluginmanager.register(ResultsWriter(config), "vllmcompat-results")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Stop servers left behind by earlier runs that crashed (their owner pid is gone), and say so."""
+    if state.has_state(session.config) and not os.environ.get(XDIST_WORKER_ENV):
+        state.of(session.config).swept = sweep_leftovers()
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    if not state.has_state(config):
+        return []
+    run = state.of(config)
+    return run.context.header() + [f"vllmcompat swept a leftover of a crashed run: {line}" for line in run.swept]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test that takes `vllm_mode` (directly or through `vllm_generator`) runs once per selected mode."""
+    if selection.MODE_PARAM in metafunc.fixturenames:
+        metafunc.parametrize(selection.MODE_PARAM, settings.MODES, ids=settings.MODES, scope="session")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    keep, drop = selection.select(state.of(config).context, items)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """When a selected test will use the server, start it now, in the background (servers.py: early start).
+    Not under xdist (which worker runs the server tests is not known here), not with --collect-only, not when
+    the host cannot run an engine (the fixture skips with the reason), not with VLLMCOMPAT_PRESTART=0."""
+    config = session.config
+    if (not state.has_state(config) or config.option.collectonly or not session.items
+            or os.environ.get(XDIST_WORKER_ENV) or os.environ.get(PRESTART_ENV, "1") == "0"
+            or getattr(config.option, "numprocesses", None)):
+        return
+    run = state.of(config)
+    ctx = run.context
+    if ("server" in ctx.modes and any(selection.needs_server(item, ctx.lane) for item in session.items)
+            and not ctx.engine_blocker()):
+        ServerFactory(run, config._tmp_path_factory).prestart()  # type: ignore[attr-defined]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Tests marked gpu(n) skip, before their fixtures start anything, unless this is the CUDA lane with n GPUs."""
+    if state.has_state(item.config):
+        reason = selection.gpu_skip_reason(item, state.of(item.config).context.lane)
+        if reason:
+            pytest.skip(reason)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None, Any, Any]:
+    """Servers remember the test they were started in; after each test, stopped servers are forgotten."""
+    if not state.has_state(item.config):
+        return (yield)
+    run = state.of(item.config)
+    run.current_test = item.nodeid
+    try:
+        return (yield)
+    finally:
+        run.current_test = None
+        run.prune()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
+    """A failing test that uses servers gets their log tails in its report."""
+    report = yield
+    if report.failed and state.has_state(item.config) and "vllm_server_factory" in getattr(item, "fixturenames", ()):
+        for server in state.of(item.config).servers_for_report(item.nodeid):
+            report.sections.append((f"{server.name} log tail ({server.log_path})", server.log_tail()))
+    return report
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    """xdist controller: a worker that crashed (e.g. kill -9) could not stop its servers (their watchdogs do);
+    sweep whatever is still owned by the dead worker's pid at once instead of leaving it to the next run."""
+    if not error or not state.has_state(node.config):
+        return
+    # The controller can hear of the crash while the worker is still exiting (not yet a zombie), when its
+    # servers still look owned: sweep again for a few seconds until something is found.
+    deadline, swept = time.monotonic() + 3.0, list[str]()
+    while not swept and time.monotonic() < deadline:
+        swept = sweep_leftovers()
+        if not swept:
+            time.sleep(0.1)
+    state.of(node.config).swept.extend(swept)
+    reporter = node.config.pluginmanager.get_plugin("terminalreporter")
+    for line in swept:
+        if reporter is not None:
+            reporter.write_line(f"vllmcompat swept a server of crashed worker {node.gateway.id}: {line}")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if state.has_state(config):
+        stop_prestarted(state.of(config))  # started early but never claimed (e.g. -x stopped the run first)

@@ -1,0 +1,87 @@
+"""The run's context: which matrix cell this environment is, and what is expected of it.
+
+Built once in `pytest_configure` from metadata only (no heavy imports).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from .. import host, matrix
+from ..install import installed as cellinfo
+from ..matrix import Cell, Matrix
+from . import settings as config
+
+
+@dataclass(frozen=True)
+class Context:
+    matrix: Matrix | None
+    matrix_problem: str  # why there is no matrix / no cell, for the header
+    cell: Cell | None
+    lane: str
+    target: str
+    modes: tuple[str, ...]
+    model: Path | None  # --vllm-model, or None for the built-in tiny model
+    cache_dir: Path
+    startup_timeout: float
+
+    def header(self) -> list[str]:
+        v = cellinfo.versions()
+        lines = [
+            f"vllmcompat cell: {self.cell.session if self.cell else 'not a matrix cell'}"
+            f" | lane {self.lane} | target {self.target} | modes {', '.join(self.modes)}",
+            f"vllmcompat versions: {cellinfo.vllm_description()} | torch {v['torch'] or '-'}"
+            f" | transformers {v['transformers'] or '-'} | trl {v['trl'] or '-'}",
+            f"vllmcompat model: {self.model or f'built-in tiny model (cache {self.cache_dir})'}",
+        ]
+        if self.matrix_problem:
+            lines.append(f"vllmcompat matrix: {self.matrix_problem}")
+        return lines
+
+    def engine_blocker(self) -> str | None:
+        """Why this host cannot start an engine for this cell (None: it can)."""
+        if self.matrix is None or self.cell is None:
+            return None if self.lane == "cpu" or host.gpu_count() else f"the {self.lane} lane needs a GPU"
+        return host.engine_blocker(self.matrix, self.cell)
+
+
+def build(cfg: pytest.Config) -> Context:
+    lane = host.resolve_lane(config.resolve(cfg, "vllm_lane"))
+    model_opt, model_source = config.resolve_with_source(cfg, "vllm_model")
+    model = Path(model_opt).expanduser().resolve() if model_opt else None
+    if model is not None and not (model / "config.json").is_file():
+        shown = f"{model_source} {model_opt}" if model_source.startswith("--") else f"{model_source}={model_opt}"
+        raise pytest.UsageError(f"{shown}: no model there ({model / 'config.json'} does not exist)")
+    trl_version = cellinfo.installed("trl")
+    target = config.resolve(cfg, "vllm_target") or (f"trl=={trl_version}" if trl_version else "trl (not installed)")
+
+    the_matrix, cell, problem = None, None, ""
+    try:
+        the_matrix = matrix.load()
+    except matrix.MatrixError as exc:
+        if matrix.matrix_path() != matrix.DEFAULT_PATH:  # the user pointed at a matrix: it must load
+            raise pytest.UsageError(str(exc)) from None
+        problem = f"no matrix ({exc}); no known failures applied"
+    vllm_version, tf_line = cellinfo.installed("vllm"), cellinfo.transformers_line()
+    if the_matrix is not None:
+        if vllm_version in the_matrix.vllm_versions and tf_line in the_matrix.transformers:
+            cell = the_matrix.cell(vllm_version, tf_line, lane, target)
+        else:
+            problem = (
+                f"vLLM {vllm_version or 'not installed'} / transformers line {tf_line or '-'} is not a cell of "
+                f"{the_matrix.path} (vLLM {', '.join(the_matrix.vllm_versions)}; lines {', '.join(the_matrix.transformers)})"
+            )
+    return Context(
+        matrix=the_matrix,
+        matrix_problem=problem,
+        cell=cell,
+        lane=lane,
+        target=target,
+        modes=config.selected_modes(cfg),
+        model=model,
+        cache_dir=Path(config.resolve(cfg, "vllm_cache_dir")).expanduser(),
+        startup_timeout=config.resolve(cfg, "vllm_startup_timeout"),
+    )

@@ -1,0 +1,130 @@
+"""The JSON result of one cell run, as typed records: the plugin writes it, the gate reads it.
+
+Schema (version 1)::
+
+    {"schema": 1, "cell": {session, vllm, vllm_description, transformers_line, transformers, torch, lane,
+     target, target_label, backend, backend_version, matrix_cell, matrix_problem, modes,
+     host: {name, os, glibcxx, gpus}},
+     "started", "finished", "duration", "exit_status",
+     "counts": {passed, failed, skipped, xfailed, xpassed, error},
+     "startup": {"colocate_engine": [s, ...], "server": [s, ...]},
+     "tests": [{nodeid, outcome, duration, reason?, longrepr?}]}
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+SCHEMA = 1
+OUTCOMES = ("passed", "failed", "skipped", "xfailed", "xpassed", "error")
+
+
+class SchemaError(ValueError):
+    """A file is not a result of this schema (the message says which key is wrong)."""
+
+
+@dataclass
+class HostRecord:
+    name: str
+    os: str
+    glibcxx: str | None
+    gpus: int
+
+
+@dataclass
+class CellRecord:
+    session: str
+    vllm: str | None
+    vllm_description: str
+    transformers_line: str | None
+    transformers: str | None
+    torch: str | None
+    lane: str
+    target: str
+    target_label: str
+    backend: str
+    backend_version: str | None
+    matrix_cell: bool
+    matrix_problem: str
+    modes: list[str]
+    host: HostRecord
+
+
+@dataclass
+class TestRecord:
+    nodeid: str
+    outcome: str | None  # one of OUTCOMES once the test has a result
+    duration: float = 0.0
+    reason: str | None = None  # skip or xfail reason
+    longrepr: str | None = None  # short traceback of a failure or error
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None or k == "outcome"}
+
+
+@dataclass
+class RunResult:
+    cell: CellRecord
+    started: str
+    finished: str
+    duration: float
+    exit_status: int
+    counts: dict[str, int]
+    startup: dict[str, list[float]]
+    tests: list[TestRecord] = field(default_factory=list)
+    schema: int = SCHEMA
+
+    def to_json(self) -> dict[str, Any]:
+        return {"schema": self.schema, "cell": asdict(self.cell), "started": self.started, "finished": self.finished,
+                "duration": self.duration, "exit_status": self.exit_status, "counts": self.counts,
+                "startup": self.startup, "tests": [t.to_json() for t in self.tests]}
+
+    @classmethod
+    def from_json(cls, data: Any) -> RunResult:
+        """Parse a result; SchemaError names the first missing or malformed key."""
+        if not isinstance(data, dict):
+            raise SchemaError(f"a result is a JSON object, got {type(data).__name__}")
+        try:
+            cell = dict(data["cell"])
+            host = HostRecord(**_known(HostRecord, cell.pop("host")))
+            tests = [TestRecord(**_known(TestRecord, t)) for t in data["tests"]]
+            return cls(cell=CellRecord(host=host, **_known(CellRecord, cell)), started=data["started"],
+                       finished=data["finished"], duration=data["duration"], exit_status=data["exit_status"],
+                       counts=data["counts"], startup=data.get("startup", {}), tests=tests,
+                       schema=data.get("schema", SCHEMA))
+        except KeyError as exc:
+            raise SchemaError(f"missing key {exc}") from None
+        except TypeError as exc:
+            raise SchemaError(str(exc)) from None
+
+
+def _known(cls: type, node: Any) -> dict[str, Any]:
+    if not isinstance(node, dict):
+        raise SchemaError(f"{cls.__name__}: expected an object, got {node!r}")
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in node.items() if k in names}
+
+
+def sanitize(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._]+", "-", text).strip("-") or "none"
+
+
+def file_name(cell: CellRecord) -> str:
+    return f"{sanitize(cell.session)}-{cell.lane}-{sanitize(cell.target_label)}.json"
+
+
+def write(directory: Path, result: RunResult) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / file_name(result.cell)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result.to_json(), indent=2) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def read(path: Path) -> RunResult:
+    return RunResult.from_json(json.loads(path.read_text()))

@@ -1,0 +1,97 @@
+"""Transformers references: what the weights predict, computed without vLLM."""
+
+from __future__ import annotations
+
+# The suite's standard prompts and completion length.
+PROMPTS = ["The quick brown fox", "Hello, world! This is", "0 1 2 3 4 5"]
+MAX_TOKENS = 16
+
+
+def load(model_dir: str):
+    """(model, tokenizer) from `model_dir`, float32 on CPU, in eval mode."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    return model.eval(), AutoTokenizer.from_pretrained(model_dir)
+
+
+def stop_token_ids(model, tokenizer) -> set[int]:
+    ids = {tokenizer.eos_token_id}
+    eos = getattr(model.generation_config, "eos_token_id", None)
+    ids.update(eos if isinstance(eos, list) else [eos])
+    return {i for i in ids if i is not None}
+
+
+def greedy(model, tokenizer, prompt_ids: list[list[int]], max_tokens: int) -> list[list[int]]:
+    """Greedy continuation of each prompt, one argmax per step, stopping after an EOS token
+    (vLLM includes the EOS token in its output). A plain loop, so it means the same in
+    transformers 4 and 5."""
+    import torch
+
+    stops = stop_token_ids(model, tokenizer)
+    results = []
+    with torch.no_grad():
+        for ids in prompt_ids:
+            seq, out = list(ids), []
+            for _ in range(max_tokens):
+                logits = model(torch.tensor([seq])).logits[0, -1]
+                token = int(torch.argmax(logits))
+                out.append(token)
+                seq.append(token)
+                if token in stops:
+                    break
+            results.append(out)
+    return results
+
+
+# Conversations for chat-template prompts (a system turn and an earlier assistant turn in the second).
+CONVERSATIONS = [
+    [{"role": "user", "content": "Hello, world! How are you today?"}],
+    [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "What is two plus two?"},
+     {"role": "assistant", "content": "four"}, {"role": "user", "content": "And three plus three?"}],
+]
+
+
+def chat_prompt_ids(tokenizer, conversation: list[dict]) -> list[int]:
+    """`tokenizer.apply_chat_template(conversation, add_generation_prompt=True)` as a list of token ids
+    (transformers 5 may return a BatchEncoding where 4 returns the list)."""
+    ids = tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True)
+    if hasattr(ids, "keys") and "input_ids" in ids:
+        ids = ids["input_ids"]
+    return [int(t) for t in ids]
+
+
+def sampled_logprobs(model, prompt_ids: list[list[int]], completion_ids: list[list[int]],
+                     temperature: float = 1.0) -> list[list[float]]:
+    """Log-probability of each completion token given the prompt and the completion before it, as vLLM's
+    `logprobs_mode="processed_logprobs"` defines it without top-k/top-p/penalties: log_softmax(logits / T),
+    in float32 (one teacher-forced forward pass per row)."""
+    import torch
+
+    results: list[list[float]] = []
+    with torch.no_grad():
+        for prompt, completion in zip(prompt_ids, completion_ids):
+            if not completion:
+                results.append([])
+                continue
+            seq = torch.tensor([list(prompt) + list(completion)])
+            logits = model(seq).logits[0, len(prompt) - 1: len(prompt) - 1 + len(completion)].float()
+            logp = torch.log_softmax(logits / temperature, dim=-1)
+            results.append([float(logp[i, tok]) for i, tok in enumerate(completion)])
+    return results
+
+
+def min_greedy_margin(model, prompt_ids: list[list[int]], completion_ids: list[list[int]]) -> float:
+    """Smallest top1 - top2 logit gap along the given (greedy) continuations: how much numerical noise (bf16)
+    greedy decoding can absorb without changing a token."""
+    import torch
+
+    margin = float("inf")
+    with torch.no_grad():
+        for prompt, completion in zip(prompt_ids, completion_ids):
+            seq = torch.tensor([list(prompt) + list(completion)])
+            logits = model(seq).logits[0, len(prompt) - 1: len(prompt) - 1 + len(completion)].float()
+            top2 = torch.topk(logits, 2, dim=-1).values
+            margin = min(margin, float((top2[:, 0] - top2[:, 1]).min()))
+    return margin
