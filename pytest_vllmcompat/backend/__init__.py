@@ -1,6 +1,7 @@
 """The adapter over the backend's API generations: one interface for tests, whatever the release.
 
   trl.py        Backend: imports the backend, picks the adapter by feature detection, builds engines and clients
+  release.py    Release: the installed release's identity and feature flags (what the adapters read)
   colocate.py   ColocateGenerator: VLLMGeneration(mode="colocate")
   client.py     ServerClient: VLLMClient against `trl vllm-serve`
   serve.py      the `trl vllm-serve` command line and its fatal log lines (no backend import)

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..errors import Unsupported
+from .release import Release
 from .sampling import Generation, SamplingOptions, is_chat, is_ids, normalize
-
-if TYPE_CHECKING:
-    from .trl import Backend
 
 
 class ServerClient:
-    def __init__(self, backend: Backend, client: Any, base_url: str):
+    def __init__(self, backend: Release, client: Any, base_url: str):
         self.backend, self.client, self.base_url = backend, client, base_url.rstrip("/")
 
     def generate(self, prompts: Sequence[Any], sampling: SamplingOptions | None = None) -> Generation:
@@ -24,7 +22,7 @@ class ServerClient:
         kw = dict(n=s.n, repetition_penalty=s.repetition_penalty, temperature=s.temperature, top_p=s.top_p,
                   top_k=s.top_k, min_p=s.min_p, max_tokens=s.max_tokens,
                   structured_outputs_regex=s.structured_outputs_regex, generation_kwargs=dict(s.generation_kwargs))
-        b._check_logprobs(s, b.client_params)
+        b.check_logprobs(s, b.client_params)
         if "logprobs" in b.client_params:
             kw["logprobs"] = s.logprobs
         if chat:

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..errors import BackendIncompatible
+from .release import Release
 from .sampling import Generation, SamplingOptions, is_chat, is_ids, normalize
-
-if TYPE_CHECKING:
-    from .trl import Backend
 
 
 def teardown_distributed() -> None:
@@ -40,7 +38,7 @@ def teardown_distributed() -> None:
 
 
 class ColocateGenerator:
-    def __init__(self, backend: Backend, vllm_generation: Any, sampling: SamplingOptions):
+    def __init__(self, backend: Release, vllm_generation: Any, sampling: SamplingOptions):
         self.backend, self.vllm_generation, self.sampling = backend, vllm_generation, sampling
         self.model, self.tokenizer = vllm_generation.model, vllm_generation.processing_class
 
@@ -64,7 +62,7 @@ class ColocateGenerator:
         """prompts: strings, chat conversations (lists of messages) or token-id lists (one kind per call)."""
         s = sampling or self.sampling
         b, vg = self.backend, self.vllm_generation
-        b._check_logprobs(s, b.init_params)
+        b.check_logprobs(s, b.init_params)
         vg.temperature, vg.top_p, vg.top_k, vg.min_p = s.temperature, s.top_p, s.top_k, s.min_p
         vg.repetition_penalty, vg.max_completion_length = s.repetition_penalty, s.max_tokens
         vg.structured_outputs_regex, vg.generation_kwargs = s.structured_outputs_regex, dict(s.generation_kwargs)

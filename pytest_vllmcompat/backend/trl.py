@@ -17,13 +17,13 @@ from __future__ import annotations
 import inspect
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from ..errors import BackendIncompatible, Unsupported
 from ..process.ports import free_port, rendezvous_port
 from .client import ServerClient
 from .colocate import ColocateGenerator, teardown_distributed
+from .release import Release
 from .sampling import SamplingOptions
 from .serve import serve_argv
 from .settings import CPU_ENGINE_ENV
@@ -36,18 +36,8 @@ _REQUIRED_CLIENT = ("prompts", "n", "temperature", "top_p", "top_k", "min_p", "r
                     "structured_outputs_regex", "generation_kwargs")
 
 
-@dataclass(frozen=True)
-class Backend:
-    name: str
-    version: str
-    location: str  # directory of the imported trl package
-    token_id_prompts: bool  # VLLMGeneration.generate(prompts: list[list[int]], images, num_generations)
-    init_params: frozenset  # VLLMGeneration.__init__ parameter names
-    client_params: frozenset  # VLLMClient.generate parameter names
-
-    @property
-    def supports_logprobs_option(self) -> bool:
-        return "logprobs" in self.init_params
+class Backend(Release):
+    """The installed backend release (Release) plus what builds its engines and clients."""
 
     @classmethod
     def load(cls) -> Backend:
@@ -126,8 +116,3 @@ class Backend:
             # clients (xdist workers, parallel runs) would collide on it, so give each client a free one.
             kw["group_port"] = free_port()
         return ServerClient(self, VLLMClient(base_url=base_url, connection_timeout=connection_timeout, **kw), base_url)
-
-    def _check_logprobs(self, sampling: SamplingOptions, params: frozenset) -> None:
-        if "logprobs" not in params and sampling.logprobs != 0:
-            raise Unsupported(f"TRL {self.version}: logprobs={sampling.logprobs!r} is not supported "
-                              "(this release always returns the sampled token's logprob only)")

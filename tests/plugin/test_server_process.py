@@ -308,3 +308,38 @@ def test_servers_get_the_session_start_environment_not_what_an_engine_left(tmp_p
     assert "VLLM_ENABLE_V1_MULTIPROCESSING=<unset>" in log
     assert "VLLMCOMPAT_SELFTEST_VAR=at session start" in log
     assert "VLLMCOMPAT_SELFTEST_EXTRA=given" in log
+
+
+SHOWLOCALS_TESTS = """
+from pytest_vllmcompat.process.childenv import child_env
+from pytest_vllmcompat.testing.probe import run_probe
+
+def test_probe_fails():
+    run_probe("raise SystemExit(3)")
+
+def test_env_in_a_failing_frame():
+    env = child_env({"PLAIN": "x"})
+    assert len(env) < 0
+"""
+
+
+def test_showlocals_never_prints_a_secret(pytester, monkeypatch):
+    """`pytest -l` prints every local of the failing frames; environments the harness builds hide secrets."""
+    monkeypatch.setenv("HF_TOKEN", SECRETS["HF_TOKEN"])
+    monkeypatch.setenv("WANDB_API_KEY", SECRETS["WANDB_API_KEY"])
+    pytester.makepyfile(test_secrets=SHOWLOCALS_TESTS)
+    result = pytester.runpytest_subprocess("-l", "-p", "no:cacheprovider")
+    result.assert_outcomes(failed=2)
+    out = result.stdout.str()
+    assert "probe_env  = {" in out and "env        = {" in out  # the frames' locals were printed
+    assert "': '***'" in out
+    leaks = [line for line in out.splitlines() if SECRETS["HF_TOKEN"] in line or SECRETS["WANDB_API_KEY"] in line]
+    assert leaks == []
+
+
+def test_child_environment_repr_hides_secrets_but_passes_them_on():
+    env = childenv.child_env({"HF_TOKEN": SECRETS["HF_TOKEN"], "PLAIN": "shown"})
+    assert SECRETS["HF_TOKEN"] not in repr(env) and "'PLAIN': 'shown'" in repr(env)
+    out = subprocess.run([sys.executable, "-c", "import os; print(os.environ['HF_TOKEN'])"], env=env,
+                         capture_output=True, text=True, check=True).stdout.strip()
+    assert out == SECRETS["HF_TOKEN"]
