@@ -20,9 +20,26 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))  # the harness's own code, usable before it is installed anywhere
 
 from pytest_vllmcompat import host, matrix  # noqa: E402
+from pytest_vllmcompat.errors import MatrixError  # noqa: E402
 from pytest_vllmcompat.install import plan as install  # noqa: E402
+from pytest_vllmcompat.install.resolve import check_resolvable  # noqa: E402
 
-MATRIX = matrix.load()
+
+def _settings() -> tuple[matrix.Matrix, str, str]:
+    """The matrix, the lane and the backend target, validated before nox creates or deletes any environment:
+    a bad value stops here with its message alone (no traceback), naming the file and key or the variable."""
+    try:
+        the_matrix = matrix.load()
+        lane = host.resolve_lane()
+        target = install.check_target(the_matrix, os.environ.get(install.TARGET_ENV))
+        if os.environ.get(install.TARGET_ENV) and not matrix.is_local_target(target):
+            check_resolvable(target, the_matrix.python)
+    except (MatrixError, ValueError) as exc:
+        raise SystemExit(f"error: {exc}") from None
+    return the_matrix, lane, target
+
+
+MATRIX, LANE, TARGET = _settings()
 nox.options.default_venv_backend = "uv"
 nox.options.sessions = ["self-test"]
 # Give pytest time to stop its servers on Ctrl-C before nox escalates.
@@ -44,17 +61,18 @@ def self_test(session: nox.Session) -> None:
 
 @nox.session(name="plans", python=MATRIX.python)
 def plans(session: nox.Session) -> None:
-    """Resolve the CUDA lane's install plans of all cells with uv (metadata only, no GPU): fails naming the
-    cell and quoting the resolver when one no longer resolves. Target: VLLMCOMPAT_TARGET or the matrix's."""
+    """Resolve the CUDA lane's install plans of every cell with uv, without a GPU.
+
+    Metadata only; fails naming the cell and quoting the resolver when one no longer resolves.
+    Target: VLLMCOMPAT_TARGET or the matrix's."""
     session.install("-e", f"{ROOT}[dev]")
-    target = os.environ.get(install.TARGET_ENV)
-    session.run("python", "-m", "pytest_vllmcompat", "plan", "--lane", "cuda", "--check",
-                *(["--target", target] if target else []), *session.posargs)
+    session.run("python", "-m", "pytest_vllmcompat", "plan", "--lane", "cuda", "--check", "--target", TARGET,
+                *session.posargs)
 
 
 @nox.session(name="gate", python=MATRIX.python)
 def gate(session: nox.Session) -> None:
-    """Release gate: results/*.json -> results/support.md + support.html; fails on missing/failed cells.
+    """Release gate over results/*.json: writes support.md and support.html, fails on missing or failed cells.
 
     Default: all CPU-lane cells of the matrix's default target. `nox -s gate -- --lane cuda --require present` etc."""
     session.install("-e", str(ROOT))
@@ -65,7 +83,7 @@ def _cell_session(version: str):
     @nox.session(name=f"vllm-{version}", python=MATRIX.python, tags=["cell"])  # CI: nox -l --json -t cell
     @nox.parametrize("transformers", list(MATRIX.transformers), ids=[f"tf{t}" for t in MATRIX.transformers])
     def cell_session(session: nox.Session, transformers: str) -> None:
-        cell = MATRIX.cell(version, transformers, host.resolve_lane(), os.environ.get(install.TARGET_ENV))
+        cell = MATRIX.cell(version, transformers, LANE, TARGET)
         plan = install.install_plan(MATRIX, cell)
         session.log(f"cell: {cell}")
         session.install(*plan.write(Path(session.create_tmp()) / "plan"))
@@ -78,7 +96,8 @@ def _cell_session(version: str):
             env=env, interrupt_timeout=PYTEST_INTERRUPT_TIMEOUT, terminate_timeout=30.0,
         )
 
-    cell_session.__doc__ = f"vLLM {version}: one cell per transformers line ({', '.join(MATRIX.transformers)})"
+    lines = " and ".join(MATRIX.transformers)
+    cell_session.__doc__ = f"vLLM {version} with transformers {lines} on the {LANE} lane, backend {TARGET}."
     return cell_session
 
 

@@ -38,7 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "gate":
         return _run_gate(args)
     elif args.command == "doctor":
-        print(doctor.report())
+        text, ok = doctor.report_and_status()
+        print(text)
+        return 0 if ok else 2
     elif args.command == "versions":
         print(cellinfo.vllm_description())
         for name, version in cellinfo.versions().items():

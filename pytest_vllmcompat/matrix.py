@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from packaging.version import InvalidVersion, Version
 
 from .errors import MatrixError
 
@@ -58,23 +61,36 @@ class Cell:
 
 @dataclass(frozen=True)
 class KnownFailure:
-    test: str | tuple[str, ...]  # one node-id pattern, or several (e.g. every test that needs an engine)
+    """A declared failure: the cells and tests it applies to, its cause, and `match`, a regular expression that the
+    failure's text (exception type and message, chained causes included, else the report) must contain. A test
+    that fails otherwise is a failure, not this known failure."""
+
+    test: str | tuple[str, ...]  # one node-id pattern, or several
     cause: str
+    match: str
     vllm: str = "*"
     transformers: str = "*"
     lane: str = "*"
     target: str = "*"
+    marker: str = ""  # only tests carrying this marker (e.g. "engine": the test needs an engine)
     upstream: str = ""
 
-    def applies_to(self, cell: Cell, nodeid: str) -> bool:
+    def applies_to(self, cell: Cell, nodeid: str, markers: frozenset[str] = frozenset()) -> bool:
         pairs = [
             (cell.vllm, self.vllm),
             (cell.transformers, self.transformers),
             (cell.lane, self.lane),
             (cell.target_label, self.target),
         ]
-        tests = (self.test,) if isinstance(self.test, str) else self.test
-        return all(fnmatch.fnmatchcase(v, p) for v, p in pairs) and any(fnmatch.fnmatchcase(nodeid, t) for t in tests)
+        return (all(fnmatch.fnmatchcase(v, p) for v, p in pairs) and any(fnmatch.fnmatchcase(nodeid, t) for t in self.tests)
+                and (not self.marker or self.marker in markers))
+
+    @property
+    def tests(self) -> tuple[str, ...]:
+        return (self.test,) if isinstance(self.test, str) else self.test
+
+    def matches(self, failure_text: str) -> bool:
+        return re.search(self.match, failure_text) is not None
 
     @property
     def reason(self) -> str:
@@ -107,8 +123,8 @@ class Matrix:
     def cells(self, lane: str, target: str | None = None) -> list[Cell]:
         return [self.cell(v, t, lane, target) for v in self.vllm_versions for t in self.transformers]
 
-    def known_failures_for(self, cell: Cell, nodeid: str) -> list[KnownFailure]:
-        return [kf for kf in self.known_failures if kf.applies_to(cell, nodeid)]
+    def known_failures_for(self, cell: Cell, nodeid: str, markers: frozenset[str] = frozenset()) -> list[KnownFailure]:
+        return [kf for kf in self.known_failures if kf.applies_to(cell, nodeid, markers)]
 
 
 def _check_choice(what: str, value: str, valid: tuple[str, ...]) -> None:
@@ -171,6 +187,12 @@ class _Reader:
         versions = self.strings("vllm", top, "matrix")
         if len(set(versions)) != len(versions):
             raise self.fail("matrix.vllm", f"lists a version twice: {list(versions)}")
+        for i, version in enumerate(versions):
+            try:
+                if str(Version(version)) != version:
+                    raise InvalidVersion(version)
+            except InvalidVersion:
+                raise self.fail(f"matrix.vllm[{i}]", f"{version!r} is not a release version (e.g. \"0.11.1\")") from None
         transformers = self.get("transformers", dict)
         for line, spec in transformers.items():
             if not isinstance(spec, str):
@@ -201,7 +223,7 @@ class _Reader:
             supported_vllm=self.get("supported_vllm", str, backend, "backend"),
             lane_vllm_spec=lane_specs,
             cpu_pins=self.cpu_pins(lanes["cpu"], versions),
-            known_failures=self.known_failures(),
+            known_failures=self.known_failures(versions, tuple(transformers), targets),
         )
 
     def cpu_pins(self, cpu: dict, versions: tuple[str, ...]) -> dict[str, CpuPins]:
@@ -215,8 +237,10 @@ class _Reader:
             pins[version] = CpuPins(**{k: self.get(k, str, node, prefix) for k in CPU_PIN_KEYS})
         return pins
 
-    def known_failures(self) -> tuple[KnownFailure, ...]:
+    def known_failures(self, versions: tuple[str, ...], lines: tuple[str, ...],
+                       targets: tuple[str, ...]) -> tuple[KnownFailure, ...]:
         entries = self.raw.get("known_failures", [])
+        declared = {"vllm": versions, "transformers": lines, "lane": LANES, "target": (*targets, "local")}
         allowed = set(KnownFailure.__dataclass_fields__)
         result = []
         for i, node in enumerate(entries):
@@ -224,14 +248,23 @@ class _Reader:
             unknown = set(node) - allowed
             if unknown:
                 raise self.fail(prefix, f"has unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")
-            for key in ("test", "cause"):
+            for key in ("test", "cause", "match"):
                 if not node.get(key) or not str(node[key]).strip():
-                    raise self.fail(f"{prefix}.{key}", "is missing (every known failure names its test and cause)")
+                    raise self.fail(f"{prefix}.{key}", "is missing (every known failure names its tests, its cause, "
+                                    "and `match`: a regular expression its failure text must contain)")
             node = dict(node)
             if isinstance(node["test"], list):
                 node["test"] = self.strings("test", node, prefix)
             for key, value in node.items():
                 if not isinstance(value, (str, tuple)) or (key != "test" and not isinstance(value, str)):
                     raise self.fail(f"{prefix}.{key}", f"must be a string, got {value!r}")
+            try:
+                re.compile(node["match"])
+            except re.error as exc:
+                raise self.fail(f"{prefix}.match", f"is not a valid regular expression: {exc}") from None
+            for key, values in declared.items():
+                pattern = node.get(key, "*")
+                if not any(fnmatch.fnmatchcase(v, pattern) for v in values):
+                    raise self.fail(f"{prefix}.{key}", f"{pattern!r} matches no declared {key} ({', '.join(values)})")
             result.append(KnownFailure(**node))
         return tuple(result)

@@ -12,8 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from packaging.requirements import Requirement
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
 
+from ..errors import MatrixError
 from ..matrix import Cell, Matrix, is_local_target
 
 TARGET_ENV = "VLLMCOMPAT_TARGET"
@@ -75,3 +77,26 @@ def _with_extra(target: str, extra: str) -> str:
     req = Requirement(target)
     req.extras.add(extra)
     return str(req)
+
+
+def check_target(matrix: Matrix, target: str | None) -> str:
+    """The backend target a cell installs: `target` (from VLLMCOMPAT_TARGET) or the matrix's default. Refuses,
+    before anything is created or deleted, a checkout path that is not a Python project and a requirement that is
+    not one of the backend (MatrixError, naming what to set)."""
+    if not target:
+        return matrix.default_target
+    if is_local_target(target):
+        path = Path(target).expanduser()
+        if not any((path / name).is_file() for name in ("pyproject.toml", "setup.py")):
+            raise MatrixError(f"{TARGET_ENV}={target}: not a checkout of {matrix.backend_name} (no pyproject.toml or "
+                              "setup.py there); give a checkout path or a requirement such as "
+                              f"{matrix.default_target}")
+        return target
+    try:
+        req = Requirement(target)
+    except InvalidRequirement as exc:
+        raise MatrixError(f"{TARGET_ENV}={target}: not a requirement ({exc}); e.g. {matrix.default_target}") from None
+    if canonicalize_name(req.name) != canonicalize_name(matrix.backend_name):
+        raise MatrixError(f"{TARGET_ENV}={target}: the backend is {matrix.backend_name}, not {req.name}; "
+                          f"e.g. {matrix.default_target} (declared targets: {', '.join(matrix.targets)})")
+    return target

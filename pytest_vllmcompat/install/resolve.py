@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import PlanResolutionError
+from ..errors import MatrixError, PlanResolutionError
 from ..matrix import Cell
 from .plan import REPO_ROOT, InstallPlan
 
@@ -89,3 +89,20 @@ def _is_plugin_line(requirement: str) -> bool:
         return Path(requirement[3:].strip()).resolve() == REPO_ROOT
     except OSError:
         return False
+
+
+def check_resolvable(requirement: str, python_version: str, timeout: float = 120.0) -> None:
+    """Refuse a backend requirement that no release satisfies (e.g. trl==9.9), before a cell environment is
+    recreated for it: `uv pip compile --no-deps` of that one requirement (about a second)."""
+    with tempfile.TemporaryDirectory(prefix="vllmcompat-target-") as tmp:
+        req = Path(tmp, "target.in")
+        req.write_text(requirement + "\n")
+        cmd = [*uv_command(), "pip", "compile", "--quiet", "--no-header", "--no-deps", "--python-version",
+               python_version, str(req)]
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return  # no answer (offline?): let the install say what it finds
+    if out.returncode != 0:
+        raise MatrixError(f"VLLMCOMPAT_TARGET={requirement} does not resolve: "
+                          f"{(out.stderr.strip() or out.stdout.strip()).splitlines()[-1]}")

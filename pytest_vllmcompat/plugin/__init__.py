@@ -20,7 +20,7 @@ import pytest
 from .. import host
 from ..process import childenv
 from ..process.sweep import sweep_leftovers
-from . import selection, settings, state
+from . import known_failures, selection, settings, skips, state
 from .context import build as build_context
 from .fixtures import (  # noqa: F401  (fixtures are registered by being in this module)
     colocate_generator,
@@ -40,6 +40,8 @@ MARKERS = (
     "vllm_mode(name): the test exercises this backend mode (colocate or server)",
     "smoke: one generation test per mode; what the benchmark times",
     "gpu(n=1): needs n NVIDIA GPUs (CUDA lane)",
+    "engine: needs a vLLM engine (added to tests that use vllm_engine_host)",
+    "backend: imports the backend's vLLM modules (added to tests that use vllm_backend)",
 )
 XDIST_WORKER_ENV = "PYTEST_XDIST_WORKER"
 
@@ -137,7 +139,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     if state.has_state(item.config):
         reason = selection.gpu_skip_reason(item, state.of(item.config).context.lane)
         if reason:
-            pytest.skip(reason)
+            skips.not_on_this_lane(item, reason)
 
 
 @pytest.hookimpl(wrapper=True)
@@ -156,8 +158,10 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
-    """A failing test that uses servers gets their log tails in its report."""
+    """Known failures are judged (known_failures.py); a failing test that uses servers gets their log tails."""
     report = yield
+    known_failures.judge(item, call, report)
+    skips.classify(item, report)
     if report.failed and state.has_state(item.config) and "vllm_server_factory" in getattr(item, "fixturenames", ()):
         for server in state.of(item.config).servers_for_report(item.nodeid):
             report.sections.append((f"{server.name} log tail ({server.log_path})", server.log_tail()))

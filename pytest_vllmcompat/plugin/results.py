@@ -19,7 +19,7 @@ from .. import host
 from ..install import installed as cellinfo
 from ..matrix import target_label
 from ..report import schema
-from . import settings, state
+from . import known_failures, settings, skips, state
 from .context import Context
 
 STARTUP_PROPERTY = "vllmcompat_startup"
@@ -60,10 +60,14 @@ class Collector:
             self.startup.setdefault(kind, []).append(seconds)
 
     def add(self, report: Any) -> None:
+        entry = self.tests.setdefault(report.nodeid, schema.TestRecord(report.nodeid, None))
         for name, value in getattr(report, "user_properties", ()):
             if name == STARTUP_PROPERTY:
                 self.add_startups(value)
-        entry = self.tests.setdefault(report.nodeid, schema.TestRecord(report.nodeid, None))
+            elif name == known_failures.PROPERTY:
+                entry.known_failure = dict(value)
+            elif name == skips.PROPERTY:
+                entry.skip_kind = value
         entry.duration = round(entry.duration + (getattr(report, "duration", 0.0) or 0.0), 4)
         outcome = self._outcome(report)
         if outcome is None:
@@ -71,6 +75,8 @@ class Collector:
         kind, detail = outcome
         if entry.outcome in (None, "passed", "xpassed") or kind == "error" and entry.outcome != "failed":
             entry.outcome, entry.reason, entry.longrepr = kind, detail.get("reason"), detail.get("longrepr")
+        if entry.outcome != "skipped":
+            entry.skip_kind = None
 
     @staticmethod
     def _outcome(report: Any) -> Outcome | None:
@@ -93,13 +99,13 @@ class Collector:
             return "error", {"longrepr": f"error in {report.when}: " + short_longrepr(report.longreprtext)}
         return None
 
-    def result(self, ctx: Context, exit_status: int) -> schema.RunResult:
+    def result(self, ctx: Context, exit_status: int, selection: schema.Selection) -> schema.RunResult:
         tests = [t for t in self.tests.values() if t.outcome is not None]
         counts = {o: sum(t.outcome == o for t in tests) for o in schema.OUTCOMES}
         finished = time.time()
         return schema.RunResult(cell=cell_record(ctx), started=_iso(self.started), finished=_iso(finished),
                                 duration=round(finished - self.started, 3), exit_status=int(exit_status),
-                                counts=counts, startup=self.startup, tests=tests)
+                                counts=counts, startup=self.startup, tests=tests, selection=selection)
 
 
 class StartupRelay:
@@ -122,6 +128,7 @@ class ResultsWriter:
         self.config = config
         self.collector = Collector()
         self.path: Path | None = None
+        self.deselected = 0
 
     def directory(self) -> Path | None:
         if not state.has_state(self.config):  # --help, or configure failed
@@ -136,17 +143,51 @@ class ResultsWriter:
         if report.failed or report.skipped:  # collection errors, and modules skipped as a whole
             self.collector.add(report)
 
+    def pytest_deselected(self, items: list[pytest.Item]) -> None:
+        self.deselected += len(items)
+
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         directory = self.directory()
-        if directory is None:
+        if directory is None or self.config.option.collectonly:  # a collection is no result
             return
         run = state.of(self.config)
         self.collector.add_startups(run.drain_startups())
-        self.path = schema.write(directory, self.collector.result(run.context, exitstatus))
+        selection = selection_record(session, run.context, None if _under_xdist(self.config) else self.deselected)
+        self.path = schema.write(directory, self.collector.result(run.context, exitstatus, selection))
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        unverified = [t.nodeid for t in self.collector.tests.values()
+                      if t.known_failure and t.known_failure.get("state") == "unverified"]
+        if unverified:
+            terminalreporter.write_line(f"vllmcompat: {len(unverified)} known failure(s) unverified here (the test "
+                                        f"skipped): {', '.join(unverified)}", yellow=True)
         if self.path is not None:
             terminalreporter.write_line(f"vllmcompat results: {self.path}")
+
+
+def _under_xdist(config: pytest.Config) -> bool:
+    return bool(getattr(config.option, "numprocesses", None))
+
+
+def selection_record(session: pytest.Session, ctx: Context, deselected: int | None) -> schema.Selection:
+    """Which part of the suite this run selected; any narrowing makes the result partial (never gated)."""
+    option, why = session.config.option, []
+    if option.keyword:
+        why.append(f"-k {option.keyword}")
+    if option.markexpr:
+        why.append(f"-m {option.markexpr}")
+    if tuple(ctx.modes) != settings.MODES:
+        why.append(f"--vllm-mode={','.join(ctx.modes)}")
+    if getattr(option, "lf", False):
+        why.append("--lf")
+    if getattr(option, "deselect", None):
+        why.append("--deselect")
+    explicit = [a for a in session.config.args if "::" in a or Path(a.split("::")[0]).is_file()]
+    if explicit:
+        why.append(f"explicit tests: {' '.join(explicit)}")
+    if session.shouldstop or session.shouldfail:
+        why.append(f"stopped early ({session.shouldstop or session.shouldfail})")
+    return schema.Selection(modes=list(ctx.modes), deselected=deselected, partial=bool(why), why_partial=why)
 
 
 def _iso(ts: float) -> str:

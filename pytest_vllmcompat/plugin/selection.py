@@ -10,10 +10,14 @@ import pytest
 
 from .. import host
 from .context import Context
+from .known_failures import KNOWN_KEY
 
 MODE_PARAM = "vllm_mode"
 # Fixtures that bind a test to a mode even without a `vllm_mode` parameter or marker.
 MODE_FIXTURES = {"colocate_generator": "colocate", "vllm_server": "server", "server_client": "server"}
+# Markers the plugin adds from the fixtures a test uses, so known failures can select "every test that needs an
+# engine" by what the test does, not by how it is spelled. Tests may also carry them explicitly.
+FIXTURE_MARKERS = {"vllm_engine_host": "engine", "vllm_backend": "backend"}
 
 
 def item_modes(item: pytest.Item) -> set[str]:
@@ -41,8 +45,17 @@ def gpu_skip_reason(item: pytest.Item, lane: str) -> str | None:
     return None if needed is None else host.gpu_skip_reason(lane, needed)
 
 
+def markers(item: pytest.Item) -> frozenset[str]:
+    """The test's marker names, after the plugin added those its fixtures imply (FIXTURE_MARKERS)."""
+    for fixture, marker in FIXTURE_MARKERS.items():
+        if fixture in getattr(item, "fixturenames", ()) and item.get_closest_marker(marker) is None:
+            item.add_marker(marker)
+    return frozenset(m.name for m in item.iter_markers())
+
+
 def select(ctx: Context, items: list[pytest.Item]) -> tuple[list[pytest.Item], list[pytest.Item]]:
-    """(kept, deselected) for the selected modes; kept tests with a declared known failure get its strict xfail."""
+    """(kept, deselected) for the selected modes; kept tests remember their declared known failures
+    (judged in known_failures.judge when their reports are made)."""
     keep, drop = [], []
     for item in items:
         if not item_modes(item) <= set(ctx.modes):
@@ -50,8 +63,9 @@ def select(ctx: Context, items: list[pytest.Item]) -> tuple[list[pytest.Item], l
             continue
         keep.append(item)
         if ctx.matrix is not None and ctx.cell is not None:
-            for kf in ctx.matrix.known_failures_for(ctx.cell, item.nodeid):
-                item.add_marker(pytest.mark.xfail(reason=kf.reason, strict=True))
+            known = ctx.matrix.known_failures_for(ctx.cell, item.nodeid, markers(item))
+            if known:
+                item.stash[KNOWN_KEY] = known
     return keep, drop
 
 

@@ -124,11 +124,17 @@ def lane_lines(m: matrix.Matrix, lane: str, auto_lane: str) -> list[str]:
     return out
 
 
-def report(m: matrix.Matrix | None = None) -> str:
+def report_and_status(m: matrix.Matrix | None = None) -> tuple[str, bool]:
+    """The report, and False when the matrix does not load (the doctor then exits non-zero)."""
     try:
         m = m or matrix.load()
     except matrix.MatrixError as exc:
-        return "\n".join(host_lines(None, host.gpu_count()) + ["", f"no matrix: {exc}"])
+        return "\n".join(host_lines(None, host.gpu_count()) + ["", f"error: the matrix does not load: {exc}"]), False
+    return report(m), True
+
+
+def report(m: matrix.Matrix | None = None) -> str:
+    m = m or matrix.load()
     gpus = host.gpu_count()
     auto_lane = "cuda" if gpus else "cpu"
     lines = ["pytest-vllmcompat doctor", ""] + host_lines(m, gpus)
@@ -139,4 +145,6 @@ def report(m: matrix.Matrix | None = None) -> str:
     lines.append(f"  {'target':10} {m.default_target} (matrix default; others: {TARGET_ENV}=<spec or checkout>)")
     for lane in ("cpu", "cuda"):
         lines += [""] + lane_lines(m, lane, auto_lane)
+    lines += ["", f"Valid cells: {', '.join(c.session for c in m.cells(auto_lane))} (nox -s vllm-<version> runs both "
+              "transformers lines; another version is no session: add it to matrix/support.toml first)"]
     return "\n".join(lines)

@@ -15,41 +15,48 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..matrix import LANES, Matrix, target_label
-from . import render
-from .verdict import XPASS_STRICT, CellResult, Key, Verdict, load_results
+from . import page, render
+from .verdict import XPASS_STRICT, CellResult, Key, Verdict, key_label, load_results, run_command
 
 
 def evaluate(matrix: Matrix, found: list[CellResult], lanes: list[str], targets: list[str], require: str) -> Verdict:
     labels = [target_label(t) for t in targets]
     results: dict[Key, CellResult] = {}
+    partials: dict[Key, CellResult] = {}
     others: list[CellResult] = []
     notes: list[str] = []
     for r in found:
         if not r.cell.matrix_cell:
             others.append(r)
             notes.append(f"{r.path}: not a matrix cell ({r.cell.matrix_problem or 'unknown'}); shown, not gated")
-        elif r.key in results:  # e.g. a re-run: the latest wins
-            older, newer = sorted((results[r.key], r), key=lambda x: x.data.finished)
-            results[r.key] = newer
-            notes.append(f"{r.label()}: two results, using {newer.path} (newer than {older.path})")
+            continue
+        kept = partials if r.partial else results  # a partial run never stands for the complete cell
+        if r.key in kept:  # e.g. a re-run: the latest wins
+            older, newer = sorted((kept[r.key], r), key=lambda x: x.data.finished)
+            kept[r.key] = newer
+            notes.append(f"{r.label()}: two {'partial ' if r.partial else ''}results, using {newer.path} "
+                         f"(newer than {older.path})")
         else:
-            results[r.key] = r
+            kept[r.key] = r
     asked = [(lane, label) for lane in lanes for label in labels]
-    present = [(k[2], k[3]) for k in results]
+    present = [(k[2], k[3]) for k in [*results, *partials]]
     groups = list(dict.fromkeys(asked + sorted(present, key=lambda g: (LANES.index(g[0]) if g[0] in LANES else 9, g[1]))))
     required = [(v, t, lane, label) for lane, label in asked for v in matrix.vllm_versions for t in matrix.transformers]
+    missing = [k for k in required if k not in results]
     if require == "present":
-        required = [k for k in required if k in results]
-    verdict = Verdict(groups, required, results, others, notes=notes)
+        required = [k for k in required if k in results or k in partials]
+    verdict = Verdict(groups, required, results, others, partials=partials, notes=notes, missing=missing)
     if not required:
         verdict.problems.append(f"NO RESULTS  none for lanes {', '.join(lanes)} / targets {', '.join(labels)}")
     for key in required:
         found_result = results.get(key)
+        if found_result is None and key in partials:
+            p = partials[key]
+            verdict.problems.append(f"PARTIAL  {p.label()}: only a partial run ({'; '.join(p.data.selection.why_partial)}), "
+                                    f"which never counts as the cell (run: {run_command(matrix, key)})")
+            continue
         if found_result is None:
-            session = f"vllm-{key[0]}(tf{key[1]})"
-            env = "" if key[2] == "cpu" else f"VLLMCOMPAT_LANE={key[2]} "
-            env += "" if key[3] in ("local", target_label(matrix.default_target)) else f"VLLMCOMPAT_TARGET={key[3]} "
-            verdict.problems.append(f"MISSING  {session} {key[2]} {key[3]}: no result (run: {env}nox -s \"{session}\")")
+            verdict.problems.append(f"MISSING  {key_label(key)}: no result (run: {run_command(matrix, key)})")
             continue
         r = found_result
         for t in r.xpass_strict:
@@ -57,6 +64,10 @@ def evaluate(matrix: Matrix, found: list[CellResult], lanes: list[str], targets:
                 f"XPASS    {r.label()}: {t.nodeid} passed but is a strict known failure ({(t.longrepr or '')[len(XPASS_STRICT):].strip()})"
                 " -- upstream fixed? record it in matrix/support.toml"
             )
+        for t in r.known_failures("mismatch"):
+            kf = t.known_failure or {}
+            verdict.problems.append(f"MISMATCH {r.label()}: {t.nodeid} failed, but not with its declared known failure "
+                                    f"({kf.get('cause')}; pattern {kf.get('match')!r})")
         failed = [t for t in r.tests("failed", "error") if t not in r.xpass_strict]
         if failed:
             names = ", ".join(f"{t.nodeid} ({t.outcome})" for t in failed)
@@ -75,7 +86,7 @@ def run(matrix: Matrix, results_dir: Path, out_dir: Path, lanes: list[str], targ
     verdict.notes[:0] = notes
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "support.md").write_text(render.markdown(matrix, verdict, lanes, targets, require))
-    (out_dir / "support.html").write_text(render.html_page(matrix, verdict, lanes, targets, require))
+    (out_dir / "support.html").write_text(page.html_page(matrix, verdict, lanes, targets, require))
     print(f"{len(found)} result(s) in {results_dir}")
     for note in verdict.notes:
         print(f"note: {note}")

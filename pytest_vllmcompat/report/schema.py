@@ -8,7 +8,14 @@ Schema (version 1)::
      "started", "finished", "duration", "exit_status",
      "counts": {passed, failed, skipped, xfailed, xpassed, error},
      "startup": {"colocate_engine": [s, ...], "server": [s, ...]},
-     "tests": [{nodeid, outcome, duration, reason?, longrepr?}]}
+     "selection": {modes, deselected, partial, why_partial: [...]},
+     "tests": [{nodeid, outcome, duration, reason?, longrepr?, skip_kind?,
+                known_failure?: {cause, match, state}}]}
+
+`skip_kind`: lane (a GPU-only test on a lane without GPUs), not-applicable, host. `known_failure.state`:
+confirmed (failed with its declared cause), mismatch (failed otherwise: a failure), xpass (passed: a failure),
+unverified (skipped here). A result with `selection.partial` comes from a run that did not select the whole suite
+(-k, -m, one mode, --lf, explicit tests, stopped early); it is written next to the complete one, never over it.
 """
 
 from __future__ import annotations
@@ -61,9 +68,19 @@ class TestRecord:
     duration: float = 0.0
     reason: str | None = None  # skip or xfail reason
     longrepr: str | None = None  # short traceback of a failure or error
+    skip_kind: str | None = None  # for skips: lane, not-applicable, host
+    known_failure: dict[str, str] | None = None  # {cause, match, state} where one is declared for this test
 
     def to_json(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None or k == "outcome"}
+
+
+@dataclass
+class Selection:
+    modes: list[str] = field(default_factory=list)
+    deselected: int | None = None  # None: not known here (xdist workers deselect)
+    partial: bool = False
+    why_partial: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -76,12 +93,14 @@ class RunResult:
     counts: dict[str, int]
     startup: dict[str, list[float]]
     tests: list[TestRecord] = field(default_factory=list)
+    selection: Selection = field(default_factory=Selection)
     schema: int = SCHEMA
 
     def to_json(self) -> dict[str, Any]:
         return {"schema": self.schema, "cell": asdict(self.cell), "started": self.started, "finished": self.finished,
                 "duration": self.duration, "exit_status": self.exit_status, "counts": self.counts,
-                "startup": self.startup, "tests": [t.to_json() for t in self.tests]}
+                "startup": self.startup, "selection": asdict(self.selection),
+                "tests": [t.to_json() for t in self.tests]}
 
     @classmethod
     def from_json(cls, data: Any) -> RunResult:
@@ -95,6 +114,7 @@ class RunResult:
             return cls(cell=CellRecord(host=host, **_known(CellRecord, cell)), started=data["started"],
                        finished=data["finished"], duration=data["duration"], exit_status=data["exit_status"],
                        counts=data["counts"], startup=data.get("startup", {}), tests=tests,
+                       selection=Selection(**_known(Selection, data.get("selection", {}))),
                        schema=data.get("schema", SCHEMA))
         except KeyError as exc:
             raise SchemaError(f"missing key {exc}") from None
@@ -113,13 +133,14 @@ def sanitize(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._]+", "-", text).strip("-") or "none"
 
 
-def file_name(cell: CellRecord) -> str:
-    return f"{sanitize(cell.session)}-{cell.lane}-{sanitize(cell.target_label)}.json"
+def file_name(cell: CellRecord, partial: bool = False) -> str:
+    return f"{sanitize(cell.session)}-{cell.lane}-{sanitize(cell.target_label)}{'.partial' if partial else ''}.json"
 
 
 def write(directory: Path, result: RunResult) -> Path:
+    """Write `result`; a partial one goes to `<cell>.partial.json`, next to the complete `<cell>.json`."""
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / file_name(result.cell)
+    path = directory / file_name(result.cell, result.selection.partial)
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(result.to_json(), indent=2) + "\n")
     tmp.replace(path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..matrix import Matrix, target_label
 from .schema import (
     OUTCOMES,
     CellRecord,
@@ -51,16 +52,51 @@ class CellResult:
         return f"run did not complete (exit status {status}: {EXIT_MEANING[status]})" if status in EXIT_MEANING else ""
 
     @property
+    def partial(self) -> bool:
+        return self.data.selection.partial
+
+    def skipped(self, kind: str) -> list[TestRecord]:
+        """Skipped tests of one kind: lane, not-applicable or host (results without kinds count as host)."""
+        return [t for t in self.tests("skipped") if (t.skip_kind or "host") == kind]
+
+    def known_failures(self, state: str) -> list[TestRecord]:
+        return [t for t in self.data.tests if t.known_failure and t.known_failure.get("state") == state]
+
+    @property
+    def attention(self) -> list[str]:
+        """What a user should look at although nothing failed (yellow): host limits, unverified known failures."""
+        notes = []
+        if self.skipped("host"):
+            notes.append(f"{len(self.skipped('host'))} skipped for a host reason")
+        if self.known_failures("unverified"):
+            notes.append(f"{len(self.known_failures('unverified'))} known failure(s) unverified here")
+        return notes
+
+    @property
     def status(self) -> str:
         if self.xpass_strict:
             return "xpass"
         if self.tests("failed", "error") or self.incomplete:
             return "fail"
-        return "skips" if self.data.counts.get("skipped") else "pass"
+        if self.partial:
+            return "partial"
+        return "attention" if self.attention else "pass"
 
     def counts_text(self, sep: str = ", ") -> str:
         counts = self.data.counts
-        return sep.join(f"{counts[o]} {o}" for o in OUTCOMES if counts.get(o)) or "no tests"
+        parts = [f"{counts[o]} {o}" for o in OUTCOMES if counts.get(o) and o != "skipped"]
+        kinds = {"lane": "not on this lane", "not-applicable": "not applicable", "host": "skipped (host)"}
+        parts += [f"{len(self.skipped(k))} {text}" for k, text in kinds.items() if self.skipped(k)]
+        return sep.join(parts) or "no tests"
+
+    @property
+    def fractions(self) -> dict[str, float]:
+        """Share of the cell's tests that ran (passed, failed, errored), were masked by known failures (xfailed),
+        or were skipped."""
+        total = len(self.data.tests) or 1
+        ran = len(self.tests("passed", "failed", "error", "xpassed"))
+        return {"ran": ran / total, "masked": len(self.tests("xfailed")) / total,
+                "skipped": len(self.tests("skipped")) / total}
 
     def label(self) -> str:
         return f"{self.cell.session} {self.cell.lane} {self.cell.target_label}"
@@ -72,8 +108,10 @@ class Verdict:
     required: list[Key]
     results: dict[Key, CellResult]
     others: list[CellResult]  # results that are not matrix cells
+    partials: dict[Key, CellResult] = field(default_factory=dict)  # newest partial result per cell
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    missing: list[Key] = field(default_factory=list)  # matrix cells of the asked lanes x targets with no complete result
 
     @property
     def ok(self) -> bool:
@@ -93,3 +131,15 @@ def load_results(directory: Path) -> tuple[list[CellResult], list[str]]:
             continue
         found.append(CellResult(path, data))
     return found, notes
+
+
+def key_label(key: Key) -> str:
+    return f"vllm-{key[0]}(tf{key[1]}) {key[2]} {key[3]}"
+
+
+def run_command(matrix: Matrix, key: Key) -> str:
+    """The command that produces the result of cell `key`."""
+    session = f"vllm-{key[0]}(tf{key[1]})"
+    env = "" if key[2] == "cpu" else f"VLLMCOMPAT_LANE={key[2]} "
+    env += "" if key[3] in ("local", target_label(matrix.default_target)) else f"VLLMCOMPAT_TARGET={key[3]} "
+    return f'{env}nox -s "{session}"'

@@ -95,3 +95,41 @@ def min_greedy_margin(model, prompt_ids: list[list[int]], completion_ids: list[l
             top2 = torch.topk(logits, 2, dim=-1).values
             margin = min(margin, float((top2[:, 0] - top2[:, 1]).min()))
     return margin
+
+
+def constrained_greedy(model, tokenizer, prompt_ids: list[list[int]], pattern: str,
+                       max_tokens: int) -> tuple[list[list[int]], float]:
+    """Greedy decoding restricted to completions the regex `pattern` can still match, as a grammar backend does:
+    at each step the highest-logit token whose text keeps the completion a prefix of a match, or EOS once the
+    completion is a full match (then the only choice when nothing can follow). Special tokens other than EOS are
+    never allowed. Returns (completions, smallest logit gap between the chosen token and the next allowed one):
+    how much numerical noise the reference can absorb."""
+    import regex  # a dependency of transformers: partial matching
+    import torch
+
+    eos = tokenizer.eos_token_id
+    specials = set(tokenizer.all_special_ids) - {eos}
+    texts = {i: tokenizer.decode([i]) for i in range(len(tokenizer))}
+    results, margin = [], float("inf")
+    with torch.no_grad():
+        for ids in prompt_ids:
+            seq, out, text = list(ids), [], ""
+            for _ in range(max_tokens):
+                logits = model(torch.tensor([seq])).logits[0, -1].float()
+                full = regex.fullmatch(pattern, text) is not None
+                allowed = [t for t in range(logits.shape[0]) if t not in specials and (
+                    (t == eos and full) or (t != eos and texts.get(t) and
+                                             regex.fullmatch(pattern, text + texts[t], partial=True)))]
+                if not allowed:
+                    break
+                ranked = sorted(allowed, key=lambda t: -float(logits[t]))
+                if len(ranked) > 1:
+                    margin = min(margin, float(logits[ranked[0]] - logits[ranked[1]]))
+                token = ranked[0]
+                out.append(token)
+                seq.append(token)
+                if token == eos:
+                    break
+                text += texts[token]
+            results.append(out)
+    return results, margin

@@ -1,9 +1,24 @@
 """Fixtures shared by the compatibility suite: the transformers reference on the engines' weights."""
 
+import importlib.util
+
 import pytest
 
 from pytest_vllmcompat.testing import reference
 from pytest_vllmcompat.testing.reference import MAX_TOKENS, PROMPTS
+
+CELL_PACKAGES = ("torch", "vllm", "transformers", "trl")
+
+
+def pytest_configure(config):
+    """Outside a cell environment, say what to run instead (before any test module fails to import torch)."""
+    missing = [name for name in CELL_PACKAGES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise pytest.UsageError(
+            f"tests/compat needs a matrix cell environment, and {', '.join(missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} not installed here. Run a cell instead: "
+            "`nox -s vllm-0.11.1` (`nox -l` lists them), or install vLLM, torch, transformers and the backend "
+            "into this environment. Nothing was run and no result was written.")
 
 
 @pytest.fixture(scope="session")

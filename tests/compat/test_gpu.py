@@ -29,6 +29,7 @@ PROMPTS = ["The quick brown fox", "Hello, world! This is", "0 1 2 3 4 5", "Once 
 MAX_TOKENS = 16
 TRAINER_MEMORY = 0.3  # GRPOConfig / RLOOConfig default vllm_gpu_memory_utilization (colocate)
 GiB = 1 << 30
+pytestmark = pytest.mark.backend  # every test here imports the backend's vLLM modules
 
 
 @pytest.fixture(scope="module")

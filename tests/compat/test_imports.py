@@ -9,6 +9,7 @@ import pytest
 from packaging.version import Version
 
 
+@pytest.mark.backend
 @pytest.mark.parametrize("module, names", [
     ("trl.generation.vllm_generation", ["VLLMGeneration"]),
     ("trl.generation.vllm_client", ["VLLMClient"]),
@@ -21,6 +22,7 @@ def test_backend_module_imports(module, names):
         assert callable(getattr(mod, name)), f"{module}.{name}"
 
 
+@pytest.mark.backend
 def test_server_binds_the_structured_output_class_the_installed_vllm_provides(cell):
     """`trl.scripts.vllm_serve` imports `GuidedDecodingParams` when vLLM <= 0.10.2, else `StructuredOutputsParams`
     (colocate `VLLMGeneration.generate` applies the same rule at call time; its behaviour is tested in
@@ -36,6 +38,7 @@ def test_server_binds_the_structured_output_class_the_installed_vllm_provides(ce
     assert not hasattr(serve, other)
 
 
+@pytest.mark.backend
 def test_server_binds_get_open_port_from_where_the_installed_vllm_has_it(cell):
     """vLLM 0.11.1 moved `get_open_port` to `vllm.utils.network_utils`; the server picks by version."""
     serve = importlib.import_module("trl.scripts.vllm_serve")

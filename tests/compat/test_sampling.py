@@ -169,7 +169,7 @@ def recovered_colocate_engine(colocate_generator, greedy_reference):
 def test_structured_output_regex(recovered_colocate_engine, reference_model):
     """structured_outputs_regex reaches vLLM as StructuredOutputsParams (GuidedDecodingParams on 0.10.2): every
     completion, decoded, is exactly three digits, then EOS (the grammar allows nothing else). Server mode:
-    test_server_endpoints.py::test_structured_output_regex_over_http (on a disposable server)."""
+    test_structured_outputs.py (on a float32 server; a bf16 CPU engine cannot apply the grammar)."""
     _, tokenizer = reference_model
     regex = "[0-9]{3}"
     out = recovered_colocate_engine.generate(PROMPTS, SamplingOptions(temperature=HOT, max_tokens=MAX_TOKENS,

@@ -24,7 +24,7 @@ from pytest_vllmcompat.process.childenv import child_env
 SCRIPT = Path(__file__).with_name("trainer_run.py")
 TIMEOUT = 900  # engine start ~40-60 s on 2 busy cores, training 2 steps < 5 s
 
-pytestmark = pytest.mark.vllm_mode("colocate")
+pytestmark = [pytest.mark.vllm_mode("colocate"), pytest.mark.backend]  # the trainers import the backend's vLLM modules
 
 
 def run_trainer(spec: dict, tmp_path) -> dict:
@@ -60,8 +60,8 @@ def skip_unless_transformers_5():
     from packaging.version import Version
 
     if Version(version("transformers")) < Version("5"):
-        pytest.skip(f"TRL: 'Using tools with GRPOTrainer requires transformers version 5.0.0 or higher' "
-                    f"(installed {version('transformers')})")
+        pytest.skip(f"not applicable: TRL refuses tools below transformers 5 ('Using tools with GRPOTrainer requires "
+                    f"transformers version 5.0.0 or higher'; installed {version('transformers')})")
 
 
 def test_grpo_with_tools_colocate(vllm_engine_host, vllm_model_dir, tmp_path):

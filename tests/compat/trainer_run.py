@@ -88,7 +88,7 @@ def main(spec):
         import inspect
 
         if "tools" not in inspect.signature(trainer_cls.__init__).parameters:
-            print(json.dumps({"skip": f"TRL {trl.__version__}: {trainer_cls.__name__} has no `tools` argument"}))
+            print(json.dumps({"skip": f"not applicable: TRL {trl.__version__}: {trainer_cls.__name__} has no `tools` argument"}))
             os._exit(0)
         extra["tools"] = [get_time]
         if not getattr(tokenizer, "response_schema", None):  # the tiny model's template is not one TRL knows

@@ -76,8 +76,8 @@ def test_missing_cell_fails_and_names_it(tmp_path, capsys):
     assert rc == 1
     assert 'MISSING  vllm-0.12.0(tf5) cpu trl==0.29.1: no result (run: nox -s "vllm-0.12.0(tf5)")' in out
     assert "Gate FAILED (1 problem): lanes cpu" in out
-    assert "| 0.12.0 | ✅ 4 passed | ❔ missing |" in md
-    assert '<td class="missing">missing</td>' in html
+    assert '| 0.12.0 | ✅ 4 passed | ❔ missing: `nox -s "vllm-0.12.0(tf5)"` |' in md
+    assert '<td class="missing"><div class="status">missing</div><code>nox -s &quot;vllm-0.12.0(tf5)&quot;</code></td>' in html
 
 
 def test_require_present_gates_only_cells_with_results(tmp_path, capsys):
@@ -97,12 +97,16 @@ def test_failed_cell_fails_and_links_its_failures(tmp_path, capsys):
     write_cells(tmp_path / "results", overrides={"vllm-0.11.1(tf4)": result("0.11.1", "4", tests=tests)})
     rc, out, md, html = gate(tmp_path, capsys)
     assert rc == 1
-    assert ("FAILED   vllm-0.11.1(tf4) cpu trl==0.29.1: 2 passed, 1 failed, 1 skipped: "
+    assert ("FAILED   vllm-0.11.1(tf4) cpu trl==0.29.1: 2 passed, 1 failed, 1 skipped (host): "
             "tests/compat/test_generation.py::test_greedy[server] (failed)") in out
-    assert "| 0.11.1 | ❌ 2 passed, 1 failed, 1 skipped | ✅ 4 passed |" in md
-    assert "### vllm-0.11.1(tf4) cpu trl==0.29.1" in md and "  E   assert ['a'] == ['b'] <tokens>" in md
+    assert "| 0.11.1 | ❌ 2 passed, 1 failed, 1 skipped (host) | ✅ 4 passed |" in md
+    # failures grouped by cause: the exception line, the cells and tests under it
+    assert "- **assert ['a'] == ['b'] <tokens>** (1)" in md
+    assert "  - vllm-0.11.1(tf4) cpu trl==0.29.1: `tests/compat/test_generation.py::test_greedy[server]`" in md
     anchor = "cell-vllm-0.11.1-tf4-cpu-trl-0.29.1"
-    assert f'<td class="fail" title="vllm 0.11.1 | torch 2.8.0 | transformers 4.1.0 | trl 0.29.1"><a href="#{anchor}">2 passed<br>1 failed<br>1 skipped</a></td>' in html
+    assert (f'<td class="fail" title="vllm 0.11.1 | torch 2.8.0 | transformers 4.1.0 | trl 0.29.1"><div class="status">'
+            f'fail</div><a href="#{anchor}">2 passed, 1 failed, 1 skipped (host)</a>') in html
+    assert "ran 75% / masked by known failures 0% / skipped 25%" in html
     assert f'<section id="{anchor}"><h3>vllm-0.11.1(tf4) cpu trl==0.29.1</h3>' in html
     assert f'<div id="{anchor}-1"><p><code>tests/compat/test_generation.py::test_greedy[server]</code> failed</p>' in html
     assert "<pre>E   assert [&#x27;a&#x27;] == [&#x27;b&#x27;] &lt;tokens&gt;</pre>" in html
@@ -121,18 +125,30 @@ def test_strict_xpass_fails_and_says_upstream_fixed(tmp_path, capsys):
     assert '<td class="xpass"' in html
 
 
-def test_skips_pass_in_yellow_and_incomplete_runs_fail(tmp_path, capsys):
-    skipped = PASSING[:1] + [dict(t, outcome="skipped", reason="needs GLIBCXX_3.4.32") for t in PASSING[1:]]
+def test_host_skips_are_yellow_lane_skips_green_and_incomplete_runs_fail(tmp_path, capsys):
+    host_skips = PASSING[:1] + [dict(t, outcome="skipped", reason="needs GLIBCXX_3.4.32", skip_kind="host")
+                                for t in PASSING[1:]]
+    lane_skips = PASSING[:2] + [dict(t, outcome="skipped", reason="cpu lane: needs 2 NVIDIA GPUs", skip_kind="lane")
+                                for t in PASSING[2:3]] + [dict(PASSING[3], outcome="skipped", skip_kind="not-applicable",
+                                                               reason="not applicable: no /tokenize")]
+    unverified = PASSING[:3] + [dict(PASSING[3], outcome="skipped", reason="x", skip_kind="not-applicable",
+                                     known_failure={"cause": "bug", "match": "m", "state": "unverified"})]
     write_cells(tmp_path / "results", overrides={
-        "vllm-0.10.2(tf4)": result("0.10.2", "4", tests=skipped),
+        "vllm-0.10.2(tf4)": result("0.10.2", "4", tests=host_skips),
+        "vllm-0.11.0(tf4)": result("0.11.0", "4", tests=lane_skips),
+        "vllm-0.11.1(tf4)": result("0.11.1", "4", tests=unverified),
         "vllm-0.12.0(tf4)": result("0.12.0", "4", tests=PASSING[:1], exit_status=2),
     })
     rc, out, md, html = gate(tmp_path, capsys)
     assert rc == 1
     assert "FAILED   vllm-0.12.0(tf4) cpu trl==0.29.1: run did not complete (exit status 2: interrupted)" in out
     assert not [line for line in out.splitlines() if "vllm-0.10.2(tf4)" in line]  # skips do not fail the gate
-    assert "| 0.10.2 | ⚠️ 1 passed, 3 skipped | ✅ 4 passed |" in md
-    assert '<td class="skips"' in html and html.count('<td class="fail"') == 1
+    assert "| 0.10.2 | ⚠️ 1 passed, 3 skipped (host) | ✅ 4 passed |" in md
+    assert "| 0.11.0 | ✅ 2 passed, 1 not on this lane, 1 not applicable | ✅ 4 passed |" in md
+    assert "| 0.11.1 | ⚠️ 3 passed, 1 not applicable | ✅ 4 passed |" in md
+    assert "1 known failure(s) unverified here" in html and "3 skipped for a host reason" in html
+    assert "  - 1 unverified: bug" in md  # known failures per cell
+    assert html.count('<td class="attention"') == 2 and html.count('<td class="fail"') == 1
 
 
 def test_lanes_and_targets_select_the_required_cells(tmp_path, capsys):
@@ -200,7 +216,7 @@ def test_error(boom):
 
 
 def run_cell(pytester, monkeypatch, *args):
-    text = matrix.DEFAULT_PATH.read_text() + '\n[[known_failures]]\ntest = "test_cell.py::test_fixed"\ncause = "was broken"\n'
+    text = matrix.DEFAULT_PATH.read_text() + '\n[[known_failures]]\ntest = "test_cell.py::test_fixed"\ncause = "was broken"\nmatch = "x"\n'
     monkeypatch.setenv("VLLMCOMPAT_MATRIX", str(pytester.makefile(".toml", support=text)))
     pytester.makeconftest(CELL_CONFTEST)
     pytester.makepyfile(test_cell=CELL_TESTS)
@@ -224,7 +240,7 @@ def test_plugin_writes_the_cell_result(pytester, monkeypatch):
     assert tests["test_ok"]["outcome"] == "passed" and tests["test_ok"]["duration"] >= 0
     assert tests["test_broken"]["outcome"] == "failed" and "AssertionError: tokens differ" in tests["test_broken"]["longrepr"]
     assert tests["test_fixed"]["longrepr"] == "[XPASS(strict)] known failure: was broken"
-    assert tests["test_skipped"] == {"nodeid": "test_cell.py::test_skipped", "outcome": "skipped", "duration": tests["test_skipped"]["duration"], "reason": "no engine on this host"}
+    assert tests["test_skipped"] == {"nodeid": "test_cell.py::test_skipped", "outcome": "skipped", "duration": tests["test_skipped"]["duration"], "reason": "no engine on this host", "skip_kind": "host"}
     assert tests["test_xfail"]["reason"] == "flaky upstream"
     assert tests["test_error"]["outcome"] == "error" and "setup exploded" in tests["test_error"]["longrepr"]
 
@@ -232,7 +248,7 @@ def test_plugin_writes_the_cell_result(pytester, monkeypatch):
     assert gate_run.ret == 1
     gate_run.stdout.fnmatch_lines([
         "XPASS    vllm-0.11.1(tf4) cpu trl==0.29.1: test_cell.py::test_fixed passed but is a strict known failure*upstream fixed? record it in matrix/support.toml",
-        "FAILED   vllm-0.11.1(tf4) cpu trl==0.29.1: 1 passed, 2 failed, 1 skipped, 1 xfailed, 1 error: test_cell.py::test_broken (failed), test_cell.py::test_error (error)",
+        "FAILED   vllm-0.11.1(tf4) cpu trl==0.29.1: 1 passed, 2 failed, 1 xfailed, 1 error, 1 skipped (host): test_cell.py::test_broken (failed), test_cell.py::test_error (error)",
     ])
 
 

@@ -1,5 +1,6 @@
 """The matrix loader: the real file loads; malformed files fail naming file and key."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -79,7 +80,7 @@ def test_known_failure_with_unknown_key_is_refused(tmp_path):
 
 
 def test_known_failure_matches_cell_and_test(tmp_path):
-    path = write(tmp_path, REAL + '\n[[known_failures]]\nvllm = "0.11.*"\ntransformers = "5"\ntest = "tests/compat/test_a.py::test_b*"\ncause = "c"\n')
+    path = write(tmp_path, REAL + '\n[[known_failures]]\nvllm = "0.11.*"\ntransformers = "5"\ntest = "tests/compat/test_a.py::test_b*"\ncause = "c"\nmatch = "m"\n')
     m = matrix.load(path)
     hit = m.cell("0.11.1", "5", "cpu")
     assert [kf.cause for kf in m.known_failures_for(hit, "tests/compat/test_a.py::test_b[server]")] == ["c"]
@@ -94,7 +95,7 @@ def test_local_checkout_target_is_labelled_local(tmp_path):
 
 
 def test_known_failure_may_list_several_tests(tmp_path):
-    path = write(tmp_path, REAL + '\n[[known_failures]]\nvllm = "0.11.0"\ntest = ["tests/a.py::*", "tests/b.py::test_x"]\ncause = "c"\n')
+    path = write(tmp_path, REAL + '\n[[known_failures]]\nvllm = "0.11.0"\ntest = ["tests/a.py::*", "tests/b.py::test_x"]\ncause = "c"\nmatch = "m"\n')
     m = matrix.load(path)
     cell = m.cell("0.11.0", "5", "cpu")
     assert [kf.cause for kf in m.known_failures_for(cell, "tests/a.py::test_q[server]")] == ["c"]
@@ -103,6 +104,31 @@ def test_known_failure_may_list_several_tests(tmp_path):
 
 
 def test_known_failure_test_list_entries_must_be_strings(tmp_path):
-    path = write(tmp_path, REAL + '\n[[known_failures]]\ntest = ["tests/a.py::*", 3]\ncause = "c"\n')
+    path = write(tmp_path, REAL + '\n[[known_failures]]\ntest = ["tests/a.py::*", 3]\ncause = "c"\nmatch = "m"\n')
     with pytest.raises(matrix.MatrixError, match=rf"\[known_failures\[{NEXT}\]\.test\[1\]\] must be a non-empty string, got 3"):
+        matrix.load(path)
+
+
+def test_known_failure_without_match_is_refused(tmp_path):
+    path = write(tmp_path, REAL + '\n[[known_failures]]\ntest = "tests/compat/x.py::y"\ncause = "c"\n')
+    with pytest.raises(matrix.MatrixError, match=rf"\[known_failures\[{NEXT}\]\.match\] is missing .*regular expression"):
+        matrix.load(path)
+
+
+def test_known_failure_with_a_broken_pattern_is_refused(tmp_path):
+    path = write(tmp_path, REAL + '\n[[known_failures]]\ntest = "a"\ncause = "c"\nmatch = "(unclosed"\n')
+    with pytest.raises(matrix.MatrixError, match=rf"\[known_failures\[{NEXT}\]\.match\] is not a valid regular expression"):
+        matrix.load(path)
+
+
+@pytest.mark.parametrize("key, value", [("vllm", "0.13.*"), ("transformers", "6"), ("lane", "tpu"), ("target", "trl==9.*")])
+def test_known_failure_selector_matching_no_cell_is_refused(tmp_path, key, value):
+    path = write(tmp_path, REAL + f'\n[[known_failures]]\n{key} = "{value}"\ntest = "a"\ncause = "c"\nmatch = "m"\n')
+    with pytest.raises(matrix.MatrixError, match=rf"\[known_failures\[{NEXT}\]\.{key}\] '{re.escape(value)}' matches no declared {key}"):
+        matrix.load(path)
+
+
+def test_version_strings_are_validated(tmp_path):
+    path = write(tmp_path, REAL.replace('vllm = ["0.10.2", "0.11.0",', 'vllm = ["0.10.2", "0.11.x",', 1))
+    with pytest.raises(matrix.MatrixError, match=r"\[matrix\.vllm\[1\]\] '0\.11\.x' is not a release version"):
         matrix.load(path)

@@ -123,27 +123,6 @@ def test_mode_selection(pytester, mode, expected):
     result.assert_outcomes(passed=len(expected), deselected=5 - len(expected))
 
 
-def test_known_failure_becomes_strict_xfail(pytester, monkeypatch):
-    from pytest_vllmcompat import matrix
-
-    text = matrix.DEFAULT_PATH.read_text() + (
-        '\n[[known_failures]]\ntest = "test_kf.py::test_broken"\ncause = "upstream bug X"\n'
-        '\n[[known_failures]]\ntest = "test_kf.py::test_fixed"\ncause = "was broken"\n'
-    )
-    monkeypatch.setenv("VLLMCOMPAT_MATRIX", str(pytester.makefile(".toml", support=text)))
-    pytester.makepyfile(test_kf="def test_broken():\n    assert False\n\ndef test_fixed():\n    pass\n")
-    # A known failure applies to a cell: make this env look like one (vllm/transformers from metadata).
-    pytester.makeconftest(
-        """
-        from pytest_vllmcompat.install import installed as cellinfo
-        cellinfo.installed = lambda name: {"vllm": "0.11.1", "transformers": "4.57.6", "trl": "0.29.1"}.get(name)
-        """
-    )
-    result = pytester.runpytest_subprocess("-rxX", "-p", "no:cacheprovider", "--vllm-lane=cpu")
-    result.assert_outcomes(xfailed=1, failed=1)
-    result.stdout.fnmatch_lines(["*XPASS(strict)*known failure: was broken*", "*XFAIL*test_broken*known failure: upstream bug X*"])
-
-
 def test_header_names_the_cell(pytester):
     pytester.makepyfile("def test_x():\n    pass\n")
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--vllm-mode=server", "--vllm-lane=cpu")

@@ -1,0 +1,60 @@
+"""Structured outputs in server mode, end to end, the two ways a trainer can ask for them: the backend's
+structured-output parameter (`vllm_structured_outputs_regex` -> `VLLMClient.generate(structured_outputs_regex=)`)
+and `generation_kwargs` (`{"structured_outputs": {"regex": ...}}`; `guided_decoding` on vLLM <= 0.10.2, the key
+`trl vllm-serve` reads there).
+
+They run on a `trl vllm-serve --dtype float32` of their own, started once for this module: xgrammar's CPU bitmask
+kernel needs float32 logits, and a bf16 CPU engine (vLLM's default for this checkpoint) refuses with
+`ValueError: logits must be of type float32`, which kills the server's EngineCore. float32 works on both lanes,
+and its greedy ids equal the transformers fp32 reference, here restricted to what the regex allows. Colocate mode
+cannot choose a dtype (`VLLMGeneration` passes none): its twin, test_sampling.py::test_structured_output_regex,
+stays a declared known failure on the CPU lane.
+"""
+
+import re
+
+import pytest
+from packaging.version import Version
+
+from pytest_vllmcompat.backend import SamplingOptions
+from pytest_vllmcompat.testing import reference
+from pytest_vllmcompat.testing.reference import MAX_TOKENS, PROMPTS
+
+pytestmark = pytest.mark.vllm_mode("server")
+PATTERN = "[0-9]{3}"
+# The reference's smallest gap between the chosen token and the best other allowed one must exceed the engine's
+# float32 noise by far (measured differences of vLLM fp32 vs transformers fp32 logits are ~1e-5).
+MIN_MARGIN = 1e-3
+
+
+@pytest.fixture(scope="module")
+def float32_client(vllm_engine_host, vllm_server_factory, vllm_backend):
+    with vllm_server_factory.vllm_serve(name="trl vllm-serve (float32)", extra=("--dtype", "float32")) as server:
+        client = vllm_backend.make_client(server.base_url, connection_timeout=10.0)
+        yield client
+        client.close()
+
+
+@pytest.fixture(scope="module")
+def constrained_reference(reference_model, prompt_ids):
+    completions, margin = reference.constrained_greedy(*reference_model, prompt_ids, PATTERN, MAX_TOKENS)
+    assert margin > MIN_MARGIN, f"precondition: the constrained greedy reference is noise-robust (margin {margin})"
+    return completions
+
+
+def structured_request(how: str, vllm: str) -> SamplingOptions:
+    if how == "parameter":
+        return SamplingOptions.greedy(MAX_TOKENS, structured_outputs_regex=PATTERN)
+    key = "guided_decoding" if Version(vllm) <= Version("0.10.2") else "structured_outputs"
+    return SamplingOptions.greedy(MAX_TOKENS, generation_kwargs={key: {"regex": PATTERN}})
+
+
+@pytest.mark.parametrize("how", ["parameter", "generation_kwargs"])
+def test_structured_output_regex_on_a_float32_server(float32_client, reference_model, prompt_ids,
+                                                     constrained_reference, cell, how):
+    _, tokenizer = reference_model
+    out = float32_client.generate(PROMPTS, structured_request(how, cell.vllm))
+    assert out.prompt_ids == prompt_ids
+    texts = [tokenizer.decode(c, skip_special_tokens=True) for c in out.completion_ids]
+    assert all(re.fullmatch(PATTERN, t) for t in texts), texts
+    assert out.completion_ids == constrained_reference
