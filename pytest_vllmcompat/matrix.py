@@ -112,6 +112,7 @@ class Matrix:
     lane_vllm_spec: dict[str, str]
     cpu_pins: dict[str, CpuPins]
     known_failures: tuple[KnownFailure, ...] = field(default=())
+    test_tools: tuple[str, ...] = field(default=())
 
     def cell(self, vllm: str, transformers: str, lane: str, target: str | None = None) -> Cell:
         """The declared cell for these coordinates; unknown values list the valid ones."""
@@ -224,6 +225,7 @@ class _Reader:
             lane_vllm_spec=lane_specs,
             cpu_pins=self.cpu_pins(lanes["cpu"], versions),
             known_failures=self.known_failures(versions, tuple(transformers), targets),
+            test_tools=self.strings("test_tools", top, "matrix") if "test_tools" in top else (),
         )
 
     def cpu_pins(self, cpu: dict, versions: tuple[str, ...]) -> dict[str, CpuPins]:

@@ -61,7 +61,7 @@ def install_plan(matrix: Matrix, cell: Cell, plugin_source: Path | None = REPO_R
         pins = matrix.cpu_pins[cell.vllm]
         overrides += [f"{name}=={getattr(pins, name)}" for name in ("torch", "torchvision", "torchaudio", "triton")]
         post = (("-m", "pytest_vllmcompat", "cpu-identity", cell.vllm),)
-    requirements = [vllm_spec, *backend, tf_spec]
+    requirements = [vllm_spec, *backend, tf_spec, *matrix.test_tools]
     if plugin_source is not None:
         requirements.append(f"-e {plugin_source}")
     return InstallPlan(cell, tuple(requirements), tuple(overrides), post)
