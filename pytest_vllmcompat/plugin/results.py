@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 import time
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,17 @@ def _skip_reason(report: Any) -> str:
 
 
 Outcome = tuple[str, dict[str, str]]
+DEPRECATIONS = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
+WATCHED_PACKAGES = ("trl", "vllm", "transformers")  # the backend and what it calls
+
+
+def _package_of(filename: str) -> str | None:
+    """The watched package a file belongs to (by its path: .../site-packages/vllm/...), else None."""
+    parts = Path(filename).parts
+    for package in WATCHED_PACKAGES:
+        if package in parts[:-1]:
+            return package
+    return None
 
 
 class Collector:
@@ -53,7 +65,22 @@ class Collector:
     def __init__(self) -> None:
         self.tests: dict[str, schema.TestRecord] = {}
         self.startup: dict[str, list[float]] = {}
+        self.deprecations: dict[tuple[str, str, str], dict[str, Any]] = {}
         self.started = time.time()
+
+    def add_warning(self, message: warnings.WarningMessage, nodeid: str) -> None:
+        """Keep deprecations raised in the code of the packages under test (where the warning points to)."""
+        if not issubclass(message.category, DEPRECATIONS):
+            return
+        where = _package_of(message.filename)
+        if where is None:
+            return
+        key = (message.category.__name__, str(message.message), where)
+        entry = self.deprecations.setdefault(key, {"category": key[0], "message": key[1], "where":
+                                                   f"{where} ({Path(message.filename).name}:{message.lineno})",
+                                                   "tests": []})
+        if nodeid and nodeid not in entry["tests"]:
+            entry["tests"].append(nodeid)
 
     def add_startups(self, records: list[tuple[str, float]]) -> None:
         for kind, seconds in records:
@@ -105,7 +132,8 @@ class Collector:
         finished = time.time()
         return schema.RunResult(cell=cell_record(ctx), started=_iso(self.started), finished=_iso(finished),
                                 duration=round(finished - self.started, 3), exit_status=int(exit_status),
-                                counts=counts, startup=self.startup, tests=tests, selection=selection)
+                                counts=counts, startup=self.startup, tests=tests, selection=selection,
+                                deprecations=list(self.deprecations.values()))
 
 
 class StartupRelay:
@@ -142,6 +170,10 @@ class ResultsWriter:
     def pytest_collectreport(self, report: pytest.CollectReport) -> None:
         if report.failed or report.skipped:  # collection errors, and modules skipped as a whole
             self.collector.add(report)
+
+    def pytest_warning_recorded(self, warning_message: warnings.WarningMessage, when: str, nodeid: str,
+                                location: Any) -> None:
+        self.collector.add_warning(warning_message, nodeid)
 
     def pytest_deselected(self, items: list[pytest.Item]) -> None:
         self.deselected += len(items)

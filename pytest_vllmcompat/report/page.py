@@ -88,6 +88,14 @@ def html_page(matrix: Matrix, verdict: Verdict, lanes: list[str], targets: list[
                 counts = ", ".join(f"{len(v)} {s}" for s, v in states.items())
                 body.append(f"<tr><td>{_e(r.label())}</td><td>{_e(counts)}</td><td>{_e(cause)}</td></tr>")
         body.append("</table>")
+    deprecated = [r for r in runs(verdict) if r.data.deprecations]
+    if deprecated:
+        body.append("<h2>Deprecations on the backend's paths</h2><p class=\"small\">Aliases a later release "
+                    "removes; recorded, they do not fail a cell.</p><table><tr><th>cell</th><th>warning</th>"
+                    "<th>where</th><th>tests</th></tr>")
+        body += [f"<tr><td>{_e(r.label())}</td><td>{_e(d['category'])}: {_e(d['message'])}</td><td>{_e(d['where'])}"
+                 f"</td><td>{len(d['tests'])}</td></tr>" for r in deprecated for d in r.data.deprecations]
+        body.append("</table>")
     if runs(verdict):
         body.append("<h2>Runs</h2><table><tr>" + "".join(f"<th>{h}</th>" for h in [*RUN_HEADERS, "suite"]) + "</tr>")
         body += ["<tr>" + "".join(f"<td>{_e(c)}</td>" for c in [*run_row(r), fractions_text(r)]) + "</tr>"

@@ -126,6 +126,14 @@ def markdown(matrix: Matrix, verdict: Verdict, lanes: list[str], targets: list[s
                 counts = ", ".join(f"{len(v)} {state}" for state, v in states.items())
                 out.append(f"  - {counts}: {cause}")
         out.append("")
+    deprecated = [r for r in runs(verdict) if r.data.deprecations]
+    if deprecated:
+        out += ["## Deprecations on the backend's paths (recorded; they do not fail a cell)", ""]
+        for r in deprecated:
+            out.append(f"- {r.label()}:")
+            out += [f"  - {d['category']} in {d['where']}: {d['message']} ({len(d['tests'])} test(s))"
+                    for d in r.data.deprecations]
+        out.append("")
     if runs(verdict):
         out += ["## Runs", "", "| " + " | ".join([*RUN_HEADERS, "suite"]) + " |", "|---" * (len(RUN_HEADERS) + 1) + "|"]
         out += ["| " + " | ".join([*run_row(r), fractions_text(r)]) + " |" for r in runs(verdict)] + [""]

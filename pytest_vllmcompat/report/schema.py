@@ -9,6 +9,7 @@ Schema (version 1)::
      "counts": {passed, failed, skipped, xfailed, xpassed, error},
      "startup": {"colocate_engine": [s, ...], "server": [s, ...]},
      "selection": {modes, deselected, partial, why_partial: [...]},
+     "deprecations": [{category, message, where, tests: [...]}],
      "tests": [{nodeid, outcome, duration, reason?, longrepr?, skip_kind?,
                 known_failure?: {cause, match, state}}]}
 
@@ -94,12 +95,15 @@ class RunResult:
     startup: dict[str, list[float]]
     tests: list[TestRecord] = field(default_factory=list)
     selection: Selection = field(default_factory=Selection)
+    # DeprecationWarning / FutureWarning raised on the backend's or vLLM's or transformers' code paths during the
+    # run: aliases a later release removes. Recorded and shown; they do not fail a cell.
+    deprecations: list[dict[str, Any]] = field(default_factory=list)
     schema: int = SCHEMA
 
     def to_json(self) -> dict[str, Any]:
         return {"schema": self.schema, "cell": asdict(self.cell), "started": self.started, "finished": self.finished,
                 "duration": self.duration, "exit_status": self.exit_status, "counts": self.counts,
-                "startup": self.startup, "selection": asdict(self.selection),
+                "startup": self.startup, "selection": asdict(self.selection), "deprecations": self.deprecations,
                 "tests": [t.to_json() for t in self.tests]}
 
     @classmethod
@@ -115,6 +119,7 @@ class RunResult:
                        finished=data["finished"], duration=data["duration"], exit_status=data["exit_status"],
                        counts=data["counts"], startup=data.get("startup", {}), tests=tests,
                        selection=Selection(**_known(Selection, data.get("selection", {}))),
+                       deprecations=list(data.get("deprecations", [])),
                        schema=data.get("schema", SCHEMA))
         except KeyError as exc:
             raise SchemaError(f"missing key {exc}") from None

@@ -150,3 +150,26 @@ def test_collect_only_writes_no_result(pytester, monkeypatch):
     results = pytester.path / "results"
     pytester.runpytest_subprocess("-p", "no:cacheprovider", "--co", "--vllm-lane=cpu", "--vllm-results", str(results))
     assert not results.exists()
+
+
+def test_deprecations_on_the_backends_paths_are_recorded_and_shown(pytester, monkeypatch):
+    pytester.makeconftest(CELL_CONFTEST)
+    pkg = pytester.mkpydir("vllm")
+    (pkg / "utils.py").write_text("import warnings\n\ndef get_open_port():\n"
+                                  "    warnings.warn('vllm.utils.get_open_port is deprecated', DeprecationWarning, stacklevel=1)\n"
+                                  "    return 1\n")
+    pytester.makepyfile(test_dep="import warnings\nfrom vllm.utils import get_open_port\n\n"
+                                 "def test_uses_alias():\n    assert get_open_port() == 1\n\n"
+                                 "def test_own_warning():\n    warnings.warn('not the backend', DeprecationWarning)\n")
+    results = pytester.path / "results"
+    pytester.runpytest_subprocess("-p", "no:cacheprovider", "--vllm-lane=cpu", "--vllm-results",
+                                  str(results)).assert_outcomes(passed=2)
+    [path] = results.iterdir()
+    assert json.loads(path.read_text())["deprecations"] == [{
+        "category": "DeprecationWarning", "message": "vllm.utils.get_open_port is deprecated",
+        "where": "vllm (utils.py:4)", "tests": ["test_dep.py::test_uses_alias"]}]
+    gate = pytester.run(sys.executable, "-m", "pytest_vllmcompat", "gate", "--results", str(results), "--require",
+                        "present", "--out", str(pytester.path / "out"))
+    assert gate.ret == 0  # deprecations do not fail a cell
+    md = (pytester.path / "out" / "support.md").read_text()
+    assert "  - DeprecationWarning in vllm (utils.py:4): vllm.utils.get_open_port is deprecated (1 test(s))" in md
