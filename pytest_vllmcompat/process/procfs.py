@@ -61,6 +61,19 @@ def cmdline(pid: int) -> str:
         return ""
 
 
+def wchan(pid: int) -> str:
+    """Where in the kernel the process's main thread waits ("do_wait": in waitpid, i.e. waiting for a child to
+    exit), "" when unknown."""
+    try:
+        return Path(f"/proc/{pid}/wchan").read_text().strip()
+    except OSError:
+        return ""
+
+
+def children(pid: int) -> list[int]:
+    return [p for p in pids() if (st := stat(p)) is not None and st.ppid == pid and st.live]
+
+
 def rss_bytes(pid: int) -> int | None:
     try:
         return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_SIZE

@@ -1,20 +1,30 @@
 """HTTP requests to a server the harness started, failing on the evidence rather than on a timeout.
 
 `trl vllm-serve` does not survive some errors: its LLM worker process dies (or vLLM's EngineCore does) and the
-request then blocks forever. Waiting out a read timeout costs half a minute and says nothing; `post_watching`
-watches the server's log while the request is in flight and fails within a second of the worker's traceback,
-quoting it.
+request then blocks forever. Waiting out a read timeout costs minutes and says nothing; `post_watching` watches
+the server while the request is in flight and fails within seconds, quoting the worker's error:
+
+- the server's log shows a worker's traceback or the engine core's death, or
+- a worker process of the server is exiting: its main thread waits in waitpid ("do_wait"), joining its own
+  children. That is how an exception in `llm_worker` looks: Python's multiprocessing joins the worker's children
+  (its EngineCore, which never exits by itself) before printing the traceback, so the error would never reach the
+  log. The watcher stops that worker's children so it can print it, then quotes it.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import threading
 import time
 from pathlib import Path
 from typing import Any, Protocol
 
 import requests
+
+from ..process import procfs
+from ..process.executor import wait_until
 
 NO_PROXY: dict[str, Any] = {"http": None, "https": None}  # talk to 127.0.0.1 directly whatever the environment's proxies
 # Log lines that mean the request will never be answered: multiprocessing's header before the traceback of a
@@ -30,6 +40,9 @@ class Server(Protocol):
     log_path: Path
     name: str
 
+    @property
+    def pid(self) -> int | None: ...
+
 
 class ServerDied(AssertionError):
     """The server's worker or engine died while a request was in flight (an AssertionError: the test fails)."""
@@ -42,6 +55,26 @@ def _log_from(path: Path, offset: int) -> str:
             return f.read().decode(errors="replace")
     except OSError:
         return ""
+
+
+def exiting_worker(server: Server) -> int | None:
+    """A process of the server (its process group) that waits in waitpid for its children: an exiting worker."""
+    if server.pid is None:
+        return None
+    for pid in procfs.group_members(server.pid):
+        if pid != server.pid and procfs.wchan(pid) == "do_wait" and "multiprocessing" in procfs.cmdline(pid):
+            return pid
+    return None
+
+
+def _release(worker: int, server: Server, start: int, timeout: float = 15.0) -> None:
+    """Stop the exiting worker's children so that its join returns and it prints its traceback."""
+    for child in procfs.children(worker):
+        try:
+            os.kill(child, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    wait_until(lambda: _DEATH.search(_log_from(server.log_path, start)), timeout, interval=0.1)
 
 
 def post_watching(server: Server, path: str, *, timeout: float, poll: float = 0.2, **kw: Any) -> requests.Response:
@@ -60,12 +93,19 @@ def post_watching(server: Server, path: str, *, timeout: float, poll: float = 0.
     thread.start()
     while thread.is_alive():
         thread.join(poll)
+        if not thread.is_alive():
+            break
+        how = ""
+        worker = exiting_worker(server)
+        if worker is not None:
+            how = f" (its worker pid {worker} was exiting, blocked joining its children; they were stopped so it reports)"
+            _release(worker, server, start)
         log = _log_from(server.log_path, start)
-        if thread.is_alive() and _DEATH.search(log):
+        if how or _DEATH.search(log):
             time.sleep(SETTLE)
             log = _log_from(server.log_path, start)
             errors = [line.strip() for line in _EXCEPTION_LINE.findall(log)]
-            raise ServerDied(f"{server.name} died while serving POST {path} (no answer came): "
+            raise ServerDied(f"{server.name} died while serving POST {path} (no answer came){how}: "
                              f"{' | '.join(dict.fromkeys(errors)) or 'see its log'}\n--- its log since the request "
                              f"---\n{log[-4000:]}")
     if "error" in result:

@@ -343,3 +343,22 @@ def test_child_environment_repr_hides_secrets_but_passes_them_on():
     out = subprocess.run([sys.executable, "-c", "import os; print(os.environ['HF_TOKEN'])"], env=env,
                          capture_output=True, text=True, check=True).stdout.strip()
     assert out == SECRETS["HF_TOKEN"]
+
+
+def test_post_watching_fails_on_the_evidence_of_a_worker_stuck_exiting(tmp_path):
+    """The worker raised, then blocks joining its child: post_watching sees it in waitpid, stops its child, and
+    quotes the error it then prints, seconds after the request instead of at the timeout."""
+    from pytest_vllmcompat.testing.http import ServerDied, post_watching
+
+    port = free_port()
+    server = ServerProcess("hanging-server", [sys.executable, str(Path(__file__).with_name("hanging_server.py")),
+                                              str(port)], port=port, health_url=f"http://127.0.0.1:{port}/health",
+                           log_path=tmp_path / "server.log", startup_timeout=30)
+    with server:
+        started = time.monotonic()
+        with pytest.raises(ServerDied) as info:
+            post_watching(server, "/generate/", timeout=120, json={})
+        took = time.monotonic() - started
+    assert took < 20
+    assert "hanging-server died while serving POST /generate/ (no answer came) (its worker pid" in str(info.value)
+    assert "ValueError: The decoder prompt (length 600) is longer than the maximum model length of 512." in str(info.value)
