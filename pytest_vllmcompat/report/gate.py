@@ -67,7 +67,7 @@ def evaluate(matrix: Matrix, found: list[CellResult], lanes: list[str], targets:
         for t in r.known_failures("mismatch"):
             kf = t.known_failure or {}
             verdict.problems.append(f"MISMATCH {r.label()}: {t.nodeid} failed, but not with its declared known failure "
-                                    f"({kf.get('cause')}; pattern {kf.get('match')!r})")
+                                    f"({kf.get('cause')}; pattern: {kf.get('match')})")
         failed = [t for t in r.tests("failed", "error") if t not in r.xpass_strict]
         if failed:
             names = ", ".join(f"{t.nodeid} ({t.outcome})" for t in failed)

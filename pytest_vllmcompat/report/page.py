@@ -25,10 +25,11 @@ from .render import (
 )
 from .verdict import CellResult, Key, Verdict, run_command
 
-CSS = """body{font:14px/1.45 system-ui,sans-serif;margin:1.5em 2em;color:#1f2328;max-width:1340px}
+CSS = """body{font:14px/1.45 system-ui,sans-serif;margin:1.5em 2em;color:#1f2328;max-width:1600px}
 h1{font-size:22px;margin:.2em 0 .6em}h2{font-size:17px;margin:1.4em 0 .4em}
 table{border-collapse:collapse;margin:.4em 0 1.2em}th,td{border:1px solid #d0d7de;padding:.35em .6em;text-align:left;vertical-align:top}
-.grid td{width:330px}.pass{background:#dafbe1}.attention{background:#fff8c5}.fail{background:#ffebe9}
+.grids{display:flex;flex-wrap:wrap;gap:0 1em}.grids section{flex:0 0 auto}.grid td{width:150px;font-size:12.5px}
+.grid td code{font-size:11px;overflow-wrap:anywhere}.pass{background:#dafbe1}.attention{background:#fff8c5}.fail{background:#ffebe9}
 .xpass{background:#fbefff}.partial{background:#eef4ff}.missing{background:#f6f8fa;color:#656d76}
 .status{font-weight:600;text-transform:uppercase;font-size:12px;letter-spacing:.04em}
 .bar{display:flex;height:7px;margin:.35em 0 .15em;border-radius:3px;overflow:hidden;background:#eaeef2}
@@ -62,16 +63,25 @@ def _cell(matrix: Matrix, key: Key, r: CellResult | None) -> str:
 
 def html_page(matrix: Matrix, verdict: Verdict, lanes: list[str], targets: list[str], require: str) -> str:
     body = [f'<p class="verdict {"ok" if verdict.ok else "bad"}">{_e(headline(verdict, lanes, targets, require))}</p>']
-    if verdict.problems:
-        body.append('<ul class="problems">' + "".join(f"<li>{_e(p)}</li>" for p in verdict.problems) + "</ul>")
+    if verdict.problems:  # one line here; the full list follows the grids
+        kinds: dict[str, int] = {}
+        for problem in verdict.problems:
+            kinds[problem.split()[0]] = kinds.get(problem.split()[0], 0) + 1
+        body.append("<p>" + ", ".join(f"{n} {k.lower()}" for k, n in kinds.items())
+                    + ' (<a href="#problems">the list</a>)</p>')
+    body.append('<div class="grids">')
     for lane, label in verdict.groups:
-        body.append(f'<h2>{_e(lane)} lane, {_e(label)}</h2><table class="grid"><tr><th>vLLM</th>'
+        body.append(f'<section><h2>{_e(lane)} lane, {_e(label)}</h2><table class="grid"><tr><th>vLLM</th>'
                     + "".join(f"<th>transformers {_e(t)}</th>" for t in matrix.transformers) + "</tr>")
         for v, row in grid(matrix, verdict, lane, label):
             body.append(f"<tr><th>{_e(v)}</th>{''.join(_cell(matrix, key, r) for key, r in row)}</tr>")
-        body.append("</table>")
+        body.append("</table></section>")
+    body.append("</div>")
     body.append('<p class="legend">' + "".join(f'<span class="{k}"><b>{STATUS_TEXT.get(k, k)}</b>: {_e(v)}</span>'
                                                for k, v in LEGEND.items()) + "</p>")
+    if verdict.problems:
+        body.append('<h2 id="problems">Problems</h2><ul class="problems">'
+                    + "".join(f"<li>{_e(p)}</li>" for p in verdict.problems) + "</ul>")
     causes = failures_by_cause(verdict)
     if causes:
         body.append('<h2>Failures by cause</h2><ul class="causes">')

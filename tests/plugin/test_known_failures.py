@@ -97,7 +97,7 @@ def test_known_failures_forgive_only_their_cause(pytester, monkeypatch):
                         "--require", "present")
     assert gate.ret == 1
     gate.stdout.fnmatch_lines(["MISMATCH vllm-0.11.1(tf4) cpu trl==0.29.1: test_kf.py::test_other_error failed, but "
-                               "not with its declared known failure (bf16 logits; pattern *)"], consecutive=False)
+                               "not with its declared known failure (bf16 logits; pattern: *)"], consecutive=False)
 
 
 def test_runxfail_shows_the_real_outcomes(pytester, monkeypatch):
