@@ -17,7 +17,8 @@ MODE_PARAM = "vllm_mode"
 MODE_FIXTURES = {"colocate_generator": "colocate", "vllm_server": "server", "server_client": "server"}
 # Markers the plugin adds from the fixtures a test uses, so known failures can select "every test that needs an
 # engine" by what the test does, not by how it is spelled. Tests may also carry them explicitly.
-FIXTURE_MARKERS = {"vllm_engine_host": "engine", "vllm_backend": "backend"}
+# vllm_generator picks its engine at run time (getfixturevalue), so it is named here too.
+FIXTURE_MARKERS = {"engine": {"vllm_engine_host", "vllm_generator"}, "backend": {"vllm_backend", "vllm_generator"}}
 
 
 def item_modes(item: pytest.Item) -> set[str]:
@@ -47,8 +48,9 @@ def gpu_skip_reason(item: pytest.Item, lane: str) -> str | None:
 
 def markers(item: pytest.Item) -> frozenset[str]:
     """The test's marker names, after the plugin added those its fixtures imply (FIXTURE_MARKERS)."""
-    for fixture, marker in FIXTURE_MARKERS.items():
-        if fixture in getattr(item, "fixturenames", ()) and item.get_closest_marker(marker) is None:
+    used = set(getattr(item, "fixturenames", ()))
+    for marker, fixtures in FIXTURE_MARKERS.items():
+        if used & fixtures and item.get_closest_marker(marker) is None:
             item.add_marker(marker)
     return frozenset(m.name for m in item.iter_markers())
 
