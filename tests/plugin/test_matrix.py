@@ -67,9 +67,14 @@ def test_invalid_toml_names_the_file(tmp_path):
         matrix.load(path)
 
 
-def test_known_failure_without_cause_is_refused(tmp_path):
-    path = write(tmp_path, REAL + '\n[[known_failures]]\ntest = "tests/compat/x.py::y"\n')
-    with pytest.raises(matrix.MatrixError, match=rf"\[known_failures\[{NEXT}\]\.cause\] is missing"):
+@pytest.mark.parametrize("entry, problem", [
+    ('test = "tests/compat/x.py::y"', r"\.cause\] is missing"),
+    ('test = "tests/compat/x.py::y"\ncause = "c"', r"\.match\] is missing .*regular expression"),
+    ('test = "a"\ncause = "c"\nmatch = "(unclosed"', r"\.match\] is not a valid regular expression"),
+], ids=["no-cause", "no-match", "broken-pattern"])
+def test_incomplete_known_failure_is_refused(tmp_path, entry, problem):
+    path = write(tmp_path, REAL + f"\n[[known_failures]]\n{entry}\n")
+    with pytest.raises(matrix.MatrixError, match=rf"\[known_failures\[{NEXT}\]{problem}"):
         matrix.load(path)
 
 
@@ -106,18 +111,6 @@ def test_known_failure_may_list_several_tests(tmp_path):
 def test_known_failure_test_list_entries_must_be_strings(tmp_path):
     path = write(tmp_path, REAL + '\n[[known_failures]]\ntest = ["tests/a.py::*", 3]\ncause = "c"\nmatch = "m"\n')
     with pytest.raises(matrix.MatrixError, match=rf"\[known_failures\[{NEXT}\]\.test\[1\]\] must be a non-empty string, got 3"):
-        matrix.load(path)
-
-
-def test_known_failure_without_match_is_refused(tmp_path):
-    path = write(tmp_path, REAL + '\n[[known_failures]]\ntest = "tests/compat/x.py::y"\ncause = "c"\n')
-    with pytest.raises(matrix.MatrixError, match=rf"\[known_failures\[{NEXT}\]\.match\] is missing .*regular expression"):
-        matrix.load(path)
-
-
-def test_known_failure_with_a_broken_pattern_is_refused(tmp_path):
-    path = write(tmp_path, REAL + '\n[[known_failures]]\ntest = "a"\ncause = "c"\nmatch = "(unclosed"\n')
-    with pytest.raises(matrix.MatrixError, match=rf"\[known_failures\[{NEXT}\]\.match\] is not a valid regular expression"):
         matrix.load(path)
 
 
