@@ -58,11 +58,13 @@ def _log_from(path: Path, offset: int) -> str:
 
 
 def exiting_worker(server: Server) -> int | None:
-    """A process of the server (its process group) that waits in waitpid for its children: an exiting worker."""
+    """A worker process of the server (its process group, not the server itself) whose main thread waits in
+    waitpid for children that do not exit: an exiting worker. (A healthy `llm_worker` waits on its pipe; seen on
+    vLLM 0.11.1: the worker forked by `trl vllm-serve` sat in do_wait after the ValueError, its EngineCore alive.)"""
     if server.pid is None:
         return None
     for pid in procfs.group_members(server.pid):
-        if pid != server.pid and procfs.wchan(pid) == "do_wait" and "multiprocessing" in procfs.cmdline(pid):
+        if pid != server.pid and procfs.wchan(pid) == "do_wait" and procfs.children(pid):
             return pid
     return None
 
