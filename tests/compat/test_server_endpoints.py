@@ -161,6 +161,7 @@ def disposable_server(vllm_engine_host, vllm_server_factory, tmp_path):
         yield server
 
 
+@pytest.mark.backend  # runs the backend's own server
 def test_over_long_prompt_is_an_error_and_the_server_keeps_serving(disposable_server):
     """A prompt longer than max_model_len: vLLM's input processor raises ValueError ("The decoder prompt (length
     N) is longer than the maximum model length of 512. ...") in the server's LLM worker process. Expected of a
