@@ -155,3 +155,16 @@ def test_mode_fixtures_bind_unmarked_tests_to_their_mode(pytester, mode, expecte
     pytester.makepyfile(test_fixture_modes=FIXTURE_MODE_TESTS)
     result = pytester.runpytest_subprocess("--co", "-q", "-p", "no:cacheprovider", f"--vllm-mode={mode}")
     assert [line.split("::")[1] for line in result.outlines if "::" in line] == expected
+
+
+def test_non_positive_timeout_is_refused(pytester):
+    result = pytester.runpytest_subprocess("--vllm-startup-timeout=-5")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--vllm-startup-timeout: vllm_startup_timeout must be a positive number of seconds, got '-5'*"])
+
+
+def test_model_error_names_the_variable_it_came_from(pytester, monkeypatch):
+    monkeypatch.setenv("VLLMCOMPAT_MODEL", "/nonexistent/model")
+    result = pytester.runpytest_subprocess()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*$VLLMCOMPAT_MODEL=/nonexistent/model: no model there*"])
