@@ -129,12 +129,16 @@ def test_openai_chat_completions_greedy(vllm_server, vllm_backend, reference_mod
     assert choice["message"]["content"] == tokenizer.decode(expected, skip_special_tokens=True)
 
 
+def accepts_token_ids(server) -> bool:
+    """TRL 0.29.1 declares `prompts: list[str] | list[list[int]]`, 0.28.0 and 0.29.0 `list[str]` (its OpenAPI schema)."""
+    return "anyOf" in openapi(server)["components"]["schemas"]["GenerateRequest"]["properties"]["prompts"]
+
+
 def prompts_error_loc(server) -> list[str]:
     """Where pydantic locates an error in `prompts`: with a union type it names the member it tried first. TRL
     0.29.1 declares `prompts: list[str] | list[list[int]]` (token-id prompts), 0.28.0 and 0.29.0 `list[str]`;
     the server's own OpenAPI schema says which one this is."""
-    prompts = openapi(server)["components"]["schemas"]["GenerateRequest"]["properties"]["prompts"]
-    return ["body", "prompts", "list[str]"] if "anyOf" in prompts else ["body", "prompts"]
+    return ["body", "prompts", "list[str]"] if accepts_token_ids(server) else ["body", "prompts"]
 
 
 @pytest.mark.parametrize("body, error", [
@@ -167,8 +171,10 @@ def test_over_long_prompt_is_an_error_and_the_server_keeps_serving(disposable_se
     N) is longer than the maximum model length of 512. ...") in the server's LLM worker process. Expected of a
     server: an error answer (500, as for other exceptions in the endpoint) and then business as usual. Should the
     worker die instead, post_watching fails within a second, quoting its error, instead of waiting out a timeout."""
+    # Token ids where the server takes them (TRL 0.29.1), else a text that tokenizes to far more than 512 tokens.
+    too_long = [7] * (MAX_MODEL_LEN + 88) if accepts_token_ids(disposable_server) else "Hello " * (MAX_MODEL_LEN + 88)
     r = post_watching(disposable_server, "/generate/", timeout=BREAKING_TIMEOUT,
-                      json={"prompts": [[7] * (MAX_MODEL_LEN + 88)], "max_tokens": 4})
+                      json={"prompts": [too_long], "max_tokens": 4})
     assert r.status_code == 500
     assert_serving(disposable_server)
 
