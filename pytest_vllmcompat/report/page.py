@@ -62,6 +62,7 @@ def _cell(matrix: Matrix, key: Key, r: CellResult | None) -> str:
 
 
 def html_page(matrix: Matrix, verdict: Verdict, lanes: list[str], targets: list[str], require: str) -> str:
+    all_runs = runs(verdict)
     body = [f'<p class="verdict {"ok" if verdict.ok else "bad"}">{_e(headline(verdict, lanes, targets, require))}</p>']
     if verdict.problems:  # one line here; the full list follows the grids
         kinds: dict[str, int] = {}
@@ -89,7 +90,7 @@ def html_page(matrix: Matrix, verdict: Verdict, lanes: list[str], targets: list[
             items = "".join(f'<li><a href="#{r.anchor}">{_e(r.label())}</a>: <code>{_e(n)}</code></li>' for r, n in tests)
             body.append(f"<li><b>{_e(cause)}</b> ({len(tests)})<ul>{items}</ul></li>")
         body.append("</ul>")
-    known = [(r, known_failures_of(r)) for r in runs(verdict)]
+    known = [(r, known_failures_of(r)) for r in all_runs]
     known = [(r, k) for r, k in known if k]
     if known:
         body.append("<h2>Known failures per cell</h2><table><tr><th>cell</th><th>tests</th><th>declared cause</th></tr>")
@@ -98,7 +99,7 @@ def html_page(matrix: Matrix, verdict: Verdict, lanes: list[str], targets: list[
                 counts = ", ".join(f"{len(v)} {s}" for s, v in states.items())
                 body.append(f"<tr><td>{_e(r.label())}</td><td>{_e(counts)}</td><td>{_e(cause)}</td></tr>")
         body.append("</table>")
-    deprecated = [r for r in runs(verdict) if r.data.deprecations]
+    deprecated = [r for r in all_runs if r.data.deprecations]
     if deprecated:
         body.append("<h2>Deprecations on the backend's paths</h2><p class=\"small\">Aliases a later release "
                     "removes; recorded, they do not fail a cell.</p><table><tr><th>cell</th><th>warning</th>"
@@ -106,12 +107,12 @@ def html_page(matrix: Matrix, verdict: Verdict, lanes: list[str], targets: list[
         body += [f"<tr><td>{_e(r.label())}</td><td>{_e(d['category'])}: {_e(d['message'])}</td><td>{_e(d['where'])}"
                  f"</td><td>{len(d['tests'])}</td></tr>" for r in deprecated for d in r.data.deprecations]
         body.append("</table>")
-    if runs(verdict):
+    if all_runs:
         body.append("<h2>Runs</h2><table><tr>" + "".join(f"<th>{h}</th>" for h in [*RUN_HEADERS, "suite"]) + "</tr>")
         body += ["<tr>" + "".join(f"<td>{_e(c)}</td>" for c in [*run_row(r), fractions_text(r)]) + "</tr>"
-                 for r in runs(verdict)]
+                 for r in all_runs]
         body.append("</table>")
-    failing = [r for r in runs(verdict) if r.tests("failed", "error") or r.incomplete]
+    failing = [r for r in all_runs if r.tests("failed", "error") or r.incomplete]
     if failing:
         body.append("<h2>Tracebacks</h2>")
         for r in failing:

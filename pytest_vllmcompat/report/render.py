@@ -99,6 +99,7 @@ def fractions_text(r: CellResult) -> str:
 
 
 def markdown(matrix: Matrix, verdict: Verdict, lanes: list[str], targets: list[str], require: str) -> str:
+    all_runs = runs(verdict)
     out = ["# Support table", "", f"**{headline(verdict, lanes, targets, require)}**", ""]
     out += [f"- {p}" for p in verdict.problems] + ([""] if verdict.problems else [])
     for lane, label in verdict.groups:
@@ -117,7 +118,7 @@ def markdown(matrix: Matrix, verdict: Verdict, lanes: list[str], targets: list[s
         for cause, tests in causes.items():
             out += [f"- **{cause}** ({len(tests)})", *(f"  - {r.label()}: `{nodeid}`" for r, nodeid in tests)]
         out.append("")
-    cells = [r for r in runs(verdict) if known_failures_of(r)]
+    cells = [r for r in all_runs if known_failures_of(r)]
     if cells:
         out += ["## Known failures per cell", ""]
         for r in cells:
@@ -126,7 +127,7 @@ def markdown(matrix: Matrix, verdict: Verdict, lanes: list[str], targets: list[s
                 counts = ", ".join(f"{len(v)} {state}" for state, v in states.items())
                 out.append(f"  - {counts}: {cause}")
         out.append("")
-    deprecated = [r for r in runs(verdict) if r.data.deprecations]
+    deprecated = [r for r in all_runs if r.data.deprecations]
     if deprecated:
         out += ["## Deprecations on the backend's paths (recorded; they do not fail a cell)", ""]
         for r in deprecated:
@@ -134,9 +135,9 @@ def markdown(matrix: Matrix, verdict: Verdict, lanes: list[str], targets: list[s
             out += [f"  - {d['category']} in {d['where']}: {d['message']} ({len(d['tests'])} test(s))"
                     for d in r.data.deprecations]
         out.append("")
-    if runs(verdict):
+    if all_runs:
         out += ["## Runs", "", "| " + " | ".join([*RUN_HEADERS, "suite"]) + " |", "|---" * (len(RUN_HEADERS) + 1) + "|"]
-        out += ["| " + " | ".join([*run_row(r), fractions_text(r)]) + " |" for r in runs(verdict)] + [""]
+        out += ["| " + " | ".join([*run_row(r), fractions_text(r)]) + " |" for r in all_runs] + [""]
     if verdict.others:
         out += [f"_Other results (not matrix cells, not gated): {', '.join(str(r.path) for r in verdict.others)}_", ""]
     return "\n".join(out)

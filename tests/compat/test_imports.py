@@ -46,21 +46,13 @@ def test_server_binds_get_open_port_from_where_the_installed_vllm_has_it(cell):
     assert serve.get_open_port is importlib.import_module(home).get_open_port
 
 
-def _is_vllm_available_warnings(monkeypatch, version: str | None):
+def test_is_vllm_available_does_not_warn_in_this_cell(cell):
+    """The installed vLLM (upstream identity) is in range. The range itself, version by version, is a plugin test
+    (tests/plugin/test_version_gate.py): its answer depends on the target only."""
     import trl.import_utils as iu
 
-    if version is not None:
-        monkeypatch.setattr(iu, "_is_package_available",
-                            lambda name, return_version=False: (True, version) if return_version else True)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         available = iu.is_vllm_available()
-    return available, [str(w.message) for w in caught]
-
-
-def test_is_vllm_available_does_not_warn_in_this_cell(cell, monkeypatch):
-    """The installed vLLM (upstream identity) is in range. The range itself, version by version, is a plugin test
-    (tests/plugin/test_version_gate.py): its answer depends on the target only."""
-    available, caught = _is_vllm_available_warnings(monkeypatch, None)
     assert available is True
-    assert caught == []
+    assert [str(w.message) for w in caught] == []

@@ -87,11 +87,18 @@ def test_invalid_cli_mode_lists_valid_modes(pytester):
     result.stderr.fnmatch_lines(["*invalid choice: 'both' (choose from *colocate*server*all*"])
 
 
-def test_invalid_env_mode_lists_valid_modes(pytester, monkeypatch):
-    monkeypatch.setenv("VLLMCOMPAT_MODE", "both")
-    result = pytester.runpytest_subprocess()
+@pytest.mark.parametrize("args, env, message", [
+    ((), {"VLLMCOMPAT_MODE": "both"}, "*$VLLMCOMPAT_MODE: invalid value 'both' for vllm_mode; valid are colocate, server, all*"),
+    (("--vllm-startup-timeout=-5",), {},
+     "*--vllm-startup-timeout: vllm_startup_timeout must be a positive number of seconds, got '-5'*"),
+    ((), {"VLLMCOMPAT_MODEL": "/nonexistent/model"}, "*$VLLMCOMPAT_MODEL=/nonexistent/model: no model there*"),
+], ids=["env-mode", "non-positive-timeout", "model-from-env"])
+def test_bad_setting_is_a_usage_error_naming_its_source(pytester, monkeypatch, args, env, message):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    result = pytester.runpytest_subprocess(*args)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*$VLLMCOMPAT_MODE: invalid value 'both' for vllm_mode; valid are colocate, server, all*"])
+    result.stderr.fnmatch_lines([message])
 
 
 def test_non_numeric_timeout_is_refused(pytester):
@@ -155,16 +162,3 @@ def test_mode_fixtures_bind_unmarked_tests_to_their_mode(pytester, mode, expecte
     pytester.makepyfile(test_fixture_modes=FIXTURE_MODE_TESTS)
     result = pytester.runpytest_subprocess("--co", "-q", "-p", "no:cacheprovider", f"--vllm-mode={mode}")
     assert [line.split("::")[1] for line in result.outlines if "::" in line] == expected
-
-
-def test_non_positive_timeout_is_refused(pytester):
-    result = pytester.runpytest_subprocess("--vllm-startup-timeout=-5")
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*--vllm-startup-timeout: vllm_startup_timeout must be a positive number of seconds, got '-5'*"])
-
-
-def test_model_error_names_the_variable_it_came_from(pytester, monkeypatch):
-    monkeypatch.setenv("VLLMCOMPAT_MODEL", "/nonexistent/model")
-    result = pytester.runpytest_subprocess()
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*$VLLMCOMPAT_MODEL=/nonexistent/model: no model there*"])
