@@ -25,7 +25,7 @@ import pytest
 
 from ..backend import settings as engine
 from ..process.executor import ServerProcess
-from . import state
+from . import state, substitutions
 from .context import Context
 from .servers import ServerFactory, model_dir
 
@@ -96,3 +96,9 @@ def server_client(vllm_server: ServerProcess, vllm_backend: Any) -> Any:
 def vllm_generator(request: pytest.FixtureRequest, vllm_mode: str) -> Any:
     """The backend in `vllm_mode`: same `generate(prompts, sampling)` either way."""
     return request.getfixturevalue("colocate_generator" if vllm_mode == "colocate" else "server_client")
+
+
+@pytest.fixture
+def vllm_lane_substitute(request: pytest.FixtureRequest) -> Any:
+    """declare(what): this test replaced a piece the lane cannot run (see testing/lane_substitutes.py); reported."""
+    return substitutions.declarer(request.node)

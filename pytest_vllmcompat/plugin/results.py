@@ -20,7 +20,7 @@ from .. import host
 from ..install import installed as cellinfo
 from ..matrix import target_label
 from ..report import schema
-from . import known_failures, settings, skips, state
+from . import known_failures, settings, skips, state, substitutions
 from .context import Context
 
 STARTUP_PROPERTY = "vllmcompat_startup"
@@ -95,6 +95,8 @@ class Collector:
                 entry.known_failure = dict(value)
             elif name == skips.PROPERTY:
                 entry.skip_kind = value
+            elif name == substitutions.PROPERTY and value not in (entry.substituted or []):
+                entry.substituted = [*(entry.substituted or []), value]
         entry.duration = round(entry.duration + (getattr(report, "duration", 0.0) or 0.0), 4)
         outcome = self._outcome(report)
         if outcome is None:
@@ -193,6 +195,13 @@ class ResultsWriter:
         if unverified:
             terminalreporter.write_line(f"vllmcompat: {len(unverified)} known failure(s) unverified here (the test "
                                         f"skipped): {', '.join(unverified)}", yellow=True)
+        replaced: dict[str, int] = {}
+        for test in self.collector.tests.values():
+            for what in test.substituted or ():
+                replaced[what] = replaced.get(what, 0) + 1
+        for what, count in replaced.items():
+            terminalreporter.write_line(f"vllmcompat: {what} ({count} test(s) replaced it on this lane; the other "
+                                        "lane runs it for real)", yellow=True)
         if self.path is not None:
             terminalreporter.write_line(f"vllmcompat results: {self.path}")
 

@@ -107,6 +107,13 @@ def html_page(matrix: Matrix, verdict: Verdict, lanes: list[str], targets: list[
         body += [f"<tr><td>{_e(r.label())}</td><td>{_e(d['category'])}: {_e(d['message'])}</td><td>{_e(d['where'])}"
                  f"</td><td>{len(d['tests'])}</td></tr>" for r in deprecated for d in r.data.deprecations]
         body.append("</table>")
+    replaced = [r for r in all_runs if r.data.substitutions]
+    if replaced:
+        body.append("<h2>Replaced on the lane</h2><p class=\"small\">Not exercised there; the other lane runs "
+                    "it.</p><table><tr><th>cell</th><th>what</th><th>tests</th></tr>")
+        body += [f"<tr><td>{_e(r.label())}</td><td>{_e(s['what'])}</td><td>{len(s['tests'])}</td></tr>"
+                 for r in replaced for s in r.data.substitutions]
+        body.append("</table>")
     if all_runs:
         body.append("<h2>Runs</h2><table><tr>" + "".join(f"<th>{h}</th>" for h in [*RUN_HEADERS, "suite"]) + "</tr>")
         body += ["<tr>" + "".join(f"<td>{_e(c)}</td>" for c in [*run_row(r), fractions_text(r)]) + "</tr>"

@@ -135,6 +135,12 @@ def markdown(matrix: Matrix, verdict: Verdict, lanes: list[str], targets: list[s
             out += [f"  - {d['category']} in {d['where']}: {d['message']} ({len(d['tests'])} test(s))"
                     for d in r.data.deprecations]
         out.append("")
+    replaced = [r for r in all_runs if r.data.substitutions]
+    if replaced:
+        out += ["## Replaced on the lane (not exercised there; the other lane runs it)", ""]
+        out += [f"- {r.label()}: {s['what']} ({len(s['tests'])} test(s))" for r in replaced
+                for s in r.data.substitutions]
+        out.append("")
     if all_runs:
         out += ["## Runs", "", "| " + " | ".join([*RUN_HEADERS, "suite"]) + " |", "|---" * (len(RUN_HEADERS) + 1) + "|"]
         out += ["| " + " | ".join([*run_row(r), fractions_text(r)]) + " |" for r in all_runs] + [""]

@@ -10,13 +10,16 @@ Schema (version 1)::
      "startup": {"colocate_engine": [s, ...], "server": [s, ...]},
      "selection": {modes, deselected, partial, why_partial: [...]},
      "deprecations": [{category, message, where, tests: [...]}],
+     "substitutions": [{what, tests: [...]}],
      "tests": [{nodeid, outcome, duration, reason?, longrepr?, skip_kind?,
-                known_failure?: {cause, match, state}}]}
+                known_failure?: {cause, match, state}, substituted?: [what, ...]}]}
 
 `skip_kind`: lane (a GPU-only test on a lane without GPUs), not-applicable, host. `known_failure.state`:
 confirmed (failed with its declared cause), mismatch (failed otherwise: a failure), xpass (passed: a failure),
 unverified (skipped here). A result with `selection.partial` comes from a run that did not select the whole suite
 (-k, -m, one mode, --lf, explicit tests, stopped early); it is written next to the complete one, never over it.
+`substitutions`: pieces this lane cannot run and replaced (e.g. "server weight sync not exercised on the cpu
+lane"), with the tests that replaced them.
 """
 
 from __future__ import annotations
@@ -71,6 +74,7 @@ class TestRecord:
     longrepr: str | None = None  # short traceback of a failure or error
     skip_kind: str | None = None  # for skips: lane, not-applicable, host
     known_failure: dict[str, str] | None = None  # {cause, match, state} where one is declared for this test
+    substituted: list[str] | None = None  # pieces this lane replaced in this test (plugin/substitutions.py)
 
     def to_json(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None or k == "outcome"}
@@ -100,11 +104,20 @@ class RunResult:
     deprecations: list[dict[str, Any]] = field(default_factory=list)
     schema: int = SCHEMA
 
+    @property
+    def substitutions(self) -> list[dict[str, Any]]:
+        """[{what, tests}] over the tests that declared a substitution, in first-seen order."""
+        found: dict[str, list[str]] = {}
+        for test in self.tests:
+            for what in test.substituted or ():
+                found.setdefault(what, []).append(test.nodeid)
+        return [{"what": what, "tests": tests} for what, tests in found.items()]
+
     def to_json(self) -> dict[str, Any]:
         return {"schema": self.schema, "cell": asdict(self.cell), "started": self.started, "finished": self.finished,
                 "duration": self.duration, "exit_status": self.exit_status, "counts": self.counts,
                 "startup": self.startup, "selection": asdict(self.selection), "deprecations": self.deprecations,
-                "tests": [t.to_json() for t in self.tests]}
+                "substitutions": self.substitutions, "tests": [t.to_json() for t in self.tests]}
 
     @classmethod
     def from_json(cls, data: Any) -> RunResult:

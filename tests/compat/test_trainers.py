@@ -1,13 +1,20 @@
-"""TRL's trainers end to end on the backend's colocate engine: GRPOTrainer and RLOOTrainer with use_vllm=True,
-vllm_mode="colocate", a few optimizer steps on the tiny model, plain and conversational prompts.
+"""TRL's trainers end to end with use_vllm=True: GRPOTrainer and RLOOTrainer, a few optimizer steps on the tiny
+model, plain and conversational prompts (GRPO also with tools), in both vLLM modes.
 
-Each run is a fresh interpreter (trainer_run.py next to this file, run with this cell's python): a colocate engine
-lives in its process with torch.distributed state, and the session's `colocate_generator` may already hold one
-in this pytest process. The child asserts and prints a JSON summary; a failure shows its stderr tail.
+Colocate: each run is a fresh interpreter (trainer_run.py next to this file, run with this cell's python): a
+colocate engine lives in its process with torch.distributed state, and the session's `colocate_generator` may
+already hold one in this pytest process. Checked inside trainer_run.py: the engine starts on the checkpoint's
+weights; training changes the HF weights; the engine's weights change during training (TRL syncs before each
+step's generation); after a final sync_weights() the engine holds exactly the trained weights (bf16 rounding)
+and its greedy output changed.
 
-What is checked (inside trainer_run.py): the engine starts on the checkpoint's weights; training changes the HF
-weights; the engine's weights change during training (TRL syncs before each step's generation); after a final
-sync_weights() the engine holds exactly the trained weights (bf16 rounding) and its greedy output changed.
+Server: all server runs share one child (no engine lives there) and talk to a real `trl vllm-serve` with the
+arguments the trainers choose; every request is recorded and checked against the trainer's settings. On the CPU
+lane that is the cell's session server, and only the NCCL weight transport is replaced
+(pytest_vllmcompat/testing/lane_substitutes.py; the tests declare "server weight sync not exercised on the cpu
+lane"): the weights the trainer pushes are recorded and must be the trained ones. On the CUDA lane the transport
+is real, the server has a GPU of its own (its weights change, so not the session's), and its greedy output must
+follow the training.
 """
 
 import json
@@ -17,14 +24,18 @@ import sys
 import time
 from pathlib import Path
 
+import gpu_helpers as gh
 import pytest
 
 from pytest_vllmcompat.process.childenv import child_env
+from pytest_vllmcompat.testing.lane_substitutes import SERVER_WEIGHT_SYNC
 
 SCRIPT = Path(__file__).with_name("trainer_run.py")
 TIMEOUT = 900  # engine start ~40-60 s on 2 busy cores, training 2 steps < 5 s
 
-pytestmark = [pytest.mark.vllm_mode("colocate"), pytest.mark.backend]  # the trainers import the backend's vLLM modules
+pytestmark = pytest.mark.backend  # the trainers import the backend's vLLM modules
+colocate = pytest.mark.vllm_mode("colocate")
+server = pytest.mark.vllm_mode("server")
 
 
 def run_trainer(spec: dict, tmp_path) -> dict:
@@ -43,6 +54,7 @@ def run_trainer(spec: dict, tmp_path) -> dict:
     return summary
 
 
+@colocate
 @pytest.mark.parametrize("dataset", ["plain", "chat"])
 @pytest.mark.parametrize("trainer", ["grpo", "rloo"])
 def test_trainer_colocate_trains_and_the_engine_follows(vllm_engine_host, vllm_model_dir, tmp_path, trainer, dataset):
@@ -64,6 +76,7 @@ def skip_unless_transformers_5():
                     f"transformers version 5.0.0 or higher'; installed {version('transformers')})")
 
 
+@colocate
 def test_grpo_with_tools_colocate(vllm_engine_host, vllm_model_dir, tmp_path):
     """GRPOTrainer(tools=[get_time]) on conversational prompts, as a user gets it: the tiny model's chat template is
     not one TRL knows, so the run sets `tokenizer.response_schema = qwen3_schema`, exactly what TRL's
@@ -102,3 +115,119 @@ def test_trl_parses_a_tool_call_on_this_transformers(vllm_model_dir, attribute):
     parsed = parse_response(tokenizer, ids)
     assert parsed.get("tool_calls"), (f"TRL did not parse the tool call (tokenizer.{attribute} set): got {parsed!r}; "
                                       f"transformers' parse_response(ids, prefix='') gives {direct!r}")
+
+
+SERVER_RUNS = {"grpo-plain": {"trainer": "grpo", "dataset": "plain"},
+               "grpo-chat": {"trainer": "grpo", "dataset": "chat"},
+               "rloo-plain": {"trainer": "rloo", "dataset": "plain"},
+               "rloo-chat": {"trainer": "rloo", "dataset": "chat"},
+               "grpo-tools": {"trainer": "grpo", "dataset": "chat", "tools": True}}
+STEPS = 2
+
+
+@pytest.fixture(scope="module")
+def trainer_server(request, vllmcompat_context, vllm_server, vllm_server_factory, tmp_path_factory):
+    """(server, gpu of the trainer): the cell's session server on the CPU lane (the replaced transport changes
+    nothing on it); on the CUDA lane a server of its own on the last GPU, the trainer on the first."""
+    if vllmcompat_context.lane == "cpu":
+        yield vllm_server, None
+        return
+    gpus = gh.visible_gpus()
+    if len(gpus) < 2:
+        pytest.skip(f"cuda lane: a server-mode trainer needs 2 GPUs (NCCL refuses trainer and server on one "
+                    f"device); this host has {len(gpus)}")
+    with gh.serve(vllm_server_factory, tmp_path_factory.mktemp("trainer-server"), gpus=[gpus[-1]]) as server:
+        yield server, gpus[0]
+
+
+@pytest.fixture(scope="module")
+def server_trainer_outcomes(vllmcompat_context, trainer_server, vllm_model_dir, tmp_path_factory) -> dict:
+    """Every server run of this module in one child process; {run name: outcome} (summary, skip or error)."""
+    server, trainer_gpu = trainer_server
+    wanted = dict(SERVER_RUNS)
+    if not transformers_5():
+        wanted.pop("grpo-tools")  # its test skips (TRL refuses tools below transformers 5)
+    out = tmp_path_factory.mktemp("server-trainers")
+    spec = {"mode": "server", "lane": vllmcompat_context.lane, "base_url": server.base_url,
+            "model": str(vllm_model_dir), "out": str(out), "runs": [{**r, "steps": STEPS} for r in wanted.values()]}
+    env = child_env({"CUDA_VISIBLE_DEVICES": trainer_gpu} if trainer_gpu is not None else {})
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, str(SCRIPT), json.dumps(spec)], capture_output=True, text=True, env=env,
+                          timeout=TIMEOUT, cwd=out)
+    assert proc.returncode == 0, (f"the server-mode trainer runs failed after {time.monotonic() - started:.0f} s "
+                                  f"(exit {proc.returncode}) against {server.base_url}:\n{proc.stderr[-4000:]}")
+    outcomes = json.loads(proc.stdout.strip().splitlines()[-1])["outcomes"]
+    return dict(zip(wanted, outcomes))
+
+
+def transformers_5() -> bool:
+    from importlib.metadata import version
+
+    from packaging.version import Version
+
+    return Version(version("transformers")) >= Version("5")
+
+
+def server_summary(outcomes: dict, name: str) -> dict:
+    outcome = outcomes[name]
+    if "skip" in outcome:
+        pytest.skip(outcome["skip"])
+    if "error" in outcome:
+        pytest.fail(f"{name} in server mode raised:\n{outcome['error'][-4000:]}", pytrace=False)
+    print(json.dumps({k: v for k, v in outcome["summary"].items() if k not in ("hf_after", "transport")}))
+    return outcome["summary"]
+
+
+def check_server_run(summary: dict, backend, lane: str, chat: bool) -> None:
+    """What the trainer sent is what its settings say; on the CPU lane, the weights it pushed are the trained ones."""
+    assert summary["global_step"] == STEPS
+    assert summary["hf_changed"], "training did not change the HF weights"
+    gens = [r for r in summary["requests"] if r["path"] in ("/generate/", "/chat/")]
+    assert len(gens) >= STEPS, f"expected a generation request per step, got {[r['path'] for r in summary['requests']]}"
+    # 0.29.1 tokenizes in the trainer and sends ids to /generate/; 0.28.0/0.29.0 send text, chat to /chat/.
+    path = "/chat/" if chat and not backend.token_id_prompts else "/generate/"
+    for r in gens:
+        body = r["json"]
+        assert r["path"] == path, f"{r['path']} instead of {path}"
+        # The trainer's settings (trainer_run.py): 4 generations of the step's one unique prompt, T=2, 8 tokens.
+        assert (body["n"], body["temperature"], body["max_tokens"]) == (4, 2.0, 8), body
+        prompts = body.get("prompts") or body.get("messages")
+        assert prompts["count"] == 1, body
+        if path == "/generate/":
+            assert isinstance(prompts["first"], list if backend.token_id_prompts else str), body
+    if lane != "cpu":
+        assert summary["greedy_changed_after_sync"], "the server's greedy output did not follow the trained weights"
+        return
+    transport = summary["transport"]
+    assert transport["init_devices"] == ["0"] and transport["world_sizes"] == [1], transport
+    syncs = transport["syncs"]
+    # TRL syncs at a step whose global_step differs from the last loaded one, and the run syncs once more at the end.
+    assert len(syncs) >= 2, f"{len(syncs)} weight sync round(s)"
+    assert set(syncs[-1]) == set(summary["hf_after"]), "the trainer did not push every parameter under its name"
+    assert syncs[-1] == summary["hf_after"], "the last sync did not push the trained weights (dtype, shape, bytes)"
+    assert syncs[0] != syncs[-1], "every sync pushed the same weights: training never reached the transport"
+    resets = [r for r in summary["requests"] if r["path"] == "/reset_prefix_cache/"]
+    assert len(resets) == len(syncs), f"{len(resets)} POST /reset_prefix_cache/ for {len(syncs)} syncs"
+
+
+@server
+@pytest.mark.parametrize("dataset", ["plain", "chat"])
+@pytest.mark.parametrize("trainer", ["grpo", "rloo"])
+def test_trainer_server_sends_its_settings_and_pushes_trained_weights(server_trainer_outcomes, vllm_backend,
+                                                                      vllmcompat_context, vllm_lane_substitute,
+                                                                      trainer, dataset):
+    if vllmcompat_context.lane == "cpu":
+        vllm_lane_substitute(SERVER_WEIGHT_SYNC)
+    summary = server_summary(server_trainer_outcomes, f"{trainer}-{dataset}")
+    check_server_run(summary, vllm_backend, vllmcompat_context.lane, chat=dataset == "chat")
+
+
+@server
+def test_grpo_with_tools_server(server_trainer_outcomes, vllm_backend, vllmcompat_context, vllm_lane_substitute):
+    """GRPOTrainer(tools=[get_time]) in server mode (the tiny model never emits a tool call, so this is the
+    tool-enabled generation path; TRL's tool loop refuses server mode only once a call appears)."""
+    skip_unless_transformers_5()
+    if vllmcompat_context.lane == "cpu":
+        vllm_lane_substitute(SERVER_WEIGHT_SYNC)
+    summary = server_summary(server_trainer_outcomes, "grpo-tools")
+    check_server_run(summary, vllm_backend, vllmcompat_context.lane, chat=True)

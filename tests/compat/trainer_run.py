@@ -1,9 +1,17 @@
-"""Run one TRL trainer (GRPO or RLOO) with use_vllm=True, vllm_mode="colocate" for a few steps on CPU, in this fresh
-process, and check that training changed the weights the in-process engine generates with.
+"""Run TRL trainers (GRPO or RLOO) with use_vllm=True for a few steps on CPU, in this fresh process.
 
-Usage: python trainer_run.py '{"trainer": "grpo", "dataset": "plain"|"chat", "model": DIR, "out": DIR, ...}'
-Asserts inside; the last stdout line is a JSON summary. Used by tests/compat/test_trainers.py (one process per run:
-a colocate engine owns torch.distributed state, and a second one in the pytest process is not needed).
+Colocate (one run per process: its engine owns torch.distributed state): check that training changed the weights
+the in-process engine generates with.
+Server (several runs in one process: no engine lives here, each trainer only talks HTTP to the cell's
+`trl vllm-serve`): record every request the trainer sends, and the weights it pushes. On the CPU lane the NCCL
+weight transport is replaced by pytest_vllmcompat.testing.lane_substitutes (and only it); on the CUDA lane it is
+real, and the server's greedy output must follow the trained weights.
+
+Usage: python trainer_run.py '{"mode": "colocate", "trainer": "grpo", "dataset": "plain"|"chat", "model": DIR, ...}'
+       python trainer_run.py '{"mode": "server", "lane": "cpu"|"cuda", "base_url": URL, "model": DIR, "out": DIR,
+                               "runs": [{"trainer": ..., "dataset": ..., "tools": bool}, ...]}'
+Colocate asserts inside; server reports each run's outcome (summary or traceback). The last stdout line is JSON.
+Used by tests/compat/test_trainers.py.
 """
 
 import json
@@ -14,6 +22,7 @@ import time
 
 from pytest_vllmcompat.process.ports import rendezvous_port
 
+GENERATIONS, MAX_COMPLETION, TEMPERATURE = 4, 8, 2.0  # what every run configures; the server tests check them
 PROMPTS = ["The quick brown fox", "def add(a, b):", "Once upon a time", "1, 2, 3, 4,",
            "Hello, my name is", "The capital of France is", "import numpy as", "Roses are red,"]
 
@@ -53,10 +62,14 @@ def greedy(trainer, prompt_ids):
     return [list(o.outputs[0].token_ids) for o in outs]
 
 
-def main(spec):
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(rendezvous_port())
-    t0 = time.monotonic()
+class NotApplicable(Exception):
+    """This run does not exist in the installed release (e.g. a trainer without `tools`)."""
+
+
+def build_trainer(spec, run, mode, **config):
+    """(trainer, model, tokenizer) for one run: the tiny model in float32 on CPU, 8 prompts, 4 generations each."""
+    import inspect
+
     import torch
     import trl
     from datasets import Dataset
@@ -65,38 +78,48 @@ def main(spec):
 
     random.seed(0)
     torch.manual_seed(0)
-    kind, model_dir = spec["trainer"], spec["model"]
+    kind, model_dir = run["trainer"], spec["model"]
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir).to(device="cpu", dtype=torch.float32)
-    if spec["dataset"] == "chat":
+    if run["dataset"] == "chat":
         data = {"prompt": [[{"role": "user", "content": p}] for p in PROMPTS]}
     else:
         data = {"prompt": PROMPTS}
-    dataset = Dataset.from_dict(data)
-    steps = int(spec.get("steps", 2))
     # One prompt x 4 generations per step; temperature 2 so that the tiny model's samples (and rewards) differ
     # within a group (at 1.0 they can all be equal: zero advantages, no update); lr 1e-2 so that updates survive
     # the engine's bf16 rounding.
-    common = dict(output_dir=spec["out"], use_cpu=True, bf16=False, fp16=False, per_device_train_batch_size=4,
-                  num_generations=4, max_completion_length=8, max_steps=steps,
-                  temperature=float(spec.get("temperature", 2.0)), learning_rate=1e-2,
-                  report_to="none", logging_steps=1, save_strategy="no", seed=0, dataloader_num_workers=0,
-                  use_vllm=True, vllm_mode="colocate", vllm_max_model_length=512)
+    common = dict(output_dir=run.get("out", spec["out"]), use_cpu=spec.get("lane", "cpu") == "cpu", bf16=False,
+                  fp16=False, per_device_train_batch_size=4, num_generations=GENERATIONS,
+                  max_completion_length=MAX_COMPLETION, max_steps=int(run.get("steps", 2)),
+                  temperature=TEMPERATURE, learning_rate=1e-2, report_to="none", logging_steps=1,
+                  save_strategy="no", seed=0, dataloader_num_workers=0, use_vllm=True, vllm_mode=mode, **config)
     config_cls, trainer_cls = (GRPOConfig, GRPOTrainer) if kind == "grpo" else (RLOOConfig, RLOOTrainer)
     extra = {}
-    if spec.get("tools"):
-        import inspect
-
+    if run.get("tools"):
         if "tools" not in inspect.signature(trainer_cls.__init__).parameters:
-            print(json.dumps({"skip": f"not applicable: TRL {trl.__version__}: {trainer_cls.__name__} has no `tools` argument"}))
-            os._exit(0)
+            raise NotApplicable(f"not applicable: TRL {trl.__version__}: {trainer_cls.__name__} has no `tools` argument")
         extra["tools"] = [get_time]
         if not getattr(tokenizer, "response_schema", None):  # the tiny model's template is not one TRL knows
             from trl.chat_template_utils import qwen3_schema
             tokenizer.response_schema = qwen3_schema  # what trl.chat_template_utils.add_response_schema sets
     trainer = trainer_cls(model=model, reward_funcs=even_tokens, args=config_cls(**common),
-                          train_dataset=dataset, processing_class=tokenizer, **extra)
+                          train_dataset=Dataset.from_dict(data), processing_class=tokenizer, **extra)
+    return trainer, model, tokenizer
+
+
+def colocate_main(spec):
+    t0 = time.monotonic()
+    import torch
+    import trl
+
+    steps = int(spec.get("steps", 2))
+    try:
+        trainer, model, tokenizer = build_trainer(spec, spec, "colocate", vllm_max_model_length=512)
+    except NotApplicable as exc:
+        print(json.dumps({"skip": str(exc)}))
+        os._exit(0)
     t_built = time.monotonic()
+    kind = spec["trainer"]
 
     name = "model.embed_tokens.weight"
     hf_before = dict(model.named_parameters())[name].detach().clone()
@@ -142,6 +165,104 @@ def main(spec):
     assert ok_sync, f"after sync_weights() the engine does not hold the trained weights: {summary}"
     print(json.dumps(summary), flush=True)
     os._exit(0)  # skip interpreter teardown of the in-process engine (threads, gloo) in this throwaway process
+
+
+GENERATION_PATHS = ("/generate/", "/chat/")
+
+
+def record_requests(base_url):
+    """Every request sent through a requests.Session to `base_url` (VLLMClient's own session), as sent: the
+    requests stay real, this only keeps (method, path, JSON body) without the prompts' bulk."""
+    import requests
+
+    sent, original = [], requests.Session.request
+
+    def request(self, method, url, *args, **kwargs):
+        if str(url).startswith(base_url):
+            body = dict(kwargs.get("json") or {})
+            for key in ("prompts", "messages"):
+                if key in body:
+                    body[key] = {"count": len(body[key]), "first": body[key][0] if body[key] else None}
+            sent.append({"method": method.upper(), "path": str(url)[len(base_url.rstrip("/")):], "json": body})
+        return original(self, method, url, *args, **kwargs)
+
+    requests.Session.request = request
+    return sent
+
+
+def server_greedy(trainer, tokenizer):
+    client = trainer.vllm_generation.vllm_client
+    prompts = PROMPTS[:4]
+    out = client.generate(prompts=prompts, n=1, temperature=0.0, max_tokens=MAX_COMPLETION)
+    return out["completion_ids"]
+
+
+def param_digests(model):
+    from pytest_vllmcompat.testing.lane_substitutes import WeightTransportRecord
+
+    record = WeightTransportRecord()
+    for name, param in model.named_parameters():
+        record.param(name, param.data)
+    return record.syncs[0]
+
+
+def server_run(spec, run, sent, transport):
+    """One trainer against the server; returns its summary (the caller catches what it raises)."""
+    t0, first_request = time.monotonic(), len(sent)
+    if transport:
+        transport.clear()
+    trainer, model, tokenizer = build_trainer(spec, run, "server", vllm_server_base_url=spec["base_url"],
+                                              vllm_server_timeout=60)
+    greedy_before = server_greedy(trainer, tokenizer) if not transport else None
+    hf_before = param_digests(trainer.model)
+    result = trainer.train()
+    trainer.vllm_generation.sync_weights()  # what the next step would do: push the trained weights
+    hf_after = param_digests(trainer.model)
+    requests_made = sent[first_request:]
+    summary = {
+        "trainer": run["trainer"], "dataset": run["dataset"], "tools": bool(run.get("tools")),
+        "global_step": trainer.state.global_step, "train_loss": result.training_loss,
+        "requests": requests_made, "hf_changed": sorted(n for n in hf_after if hf_after[n] != hf_before[n]),
+        "hf_after": hf_after, "seconds": round(time.monotonic() - t0, 1),
+    }
+    if transport:
+        summary["transport"] = transport.to_json()
+    else:  # CUDA lane: the weights really went over NCCL; the server must now generate with them
+        summary["greedy_changed_after_sync"] = server_greedy(trainer, tokenizer) != greedy_before
+    return summary
+
+
+def server_main(spec):
+    """All server runs in this one process, one after the other (no engine here; each trainer builds its own
+    Accelerator, VLLMGeneration and VLLMClient)."""
+    import traceback
+
+    import trl
+    from trl.generation.vllm_client import VLLMClient
+
+    transport = None
+    if spec["lane"] == "cpu":
+        from pytest_vllmcompat.testing.lane_substitutes import replace_server_weight_transport
+
+        transport = replace_server_weight_transport(VLLMClient)
+    sent = record_requests(spec["base_url"])
+    outcomes = []
+    for i, run in enumerate(spec["runs"]):
+        run = {**run, "out": os.path.join(spec["out"], str(i))}
+        try:
+            outcomes.append({"run": run, "summary": server_run(spec, run, sent, transport)})
+        except NotApplicable as exc:
+            outcomes.append({"run": run, "skip": str(exc)})
+        except Exception:
+            outcomes.append({"run": run, "error": traceback.format_exc()})
+    print(json.dumps({"trl": trl.__version__, "outcomes": outcomes}), flush=True)
+    os._exit(0)
+
+
+def main(spec):
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(rendezvous_port())
+    (server_main if spec.get("mode") == "server" else colocate_main)(spec)
 
 
 if __name__ == "__main__":
