@@ -29,6 +29,7 @@ from .fixtures import (  # noqa: F401  (fixtures are registered by being in this
     vllm_engine_host,
     vllm_generator,
     vllm_lane_substitute,
+    vllm_measure,
     vllm_model_dir,
     vllm_server,
     vllm_server_factory,

@@ -25,7 +25,7 @@ import pytest
 
 from ..backend import settings as engine
 from ..process.executor import ServerProcess
-from . import state, substitutions
+from . import recorded, state
 from .context import Context
 from .servers import ServerFactory, model_dir
 
@@ -101,4 +101,10 @@ def vllm_generator(request: pytest.FixtureRequest, vllm_mode: str) -> Any:
 @pytest.fixture
 def vllm_lane_substitute(request: pytest.FixtureRequest) -> Any:
     """declare(what): this test replaced a piece the lane cannot run (see testing/lane_substitutes.py); reported."""
-    return substitutions.declarer(request.node)
+    return recorded.substitution_declarer(request.node)
+
+
+@pytest.fixture
+def vllm_measure(request: pytest.FixtureRequest) -> Any:
+    """measure(name, value): a number this test's tolerance is derived from; kept in the results."""
+    return recorded.measurer(request.node)

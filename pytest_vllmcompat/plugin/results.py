@@ -20,7 +20,7 @@ from .. import host
 from ..install import installed as cellinfo
 from ..matrix import target_label
 from ..report import schema
-from . import known_failures, settings, skips, state, substitutions
+from . import known_failures, recorded, settings, skips, state
 from .context import Context
 
 STARTUP_PROPERTY = "vllmcompat_startup"
@@ -95,8 +95,10 @@ class Collector:
                 entry.known_failure = dict(value)
             elif name == skips.PROPERTY:
                 entry.skip_kind = value
-            elif name == substitutions.PROPERTY and value not in (entry.substituted or []):
+            elif name == recorded.SUBSTITUTED and value not in (entry.substituted or []):
                 entry.substituted = [*(entry.substituted or []), value]
+            elif name == recorded.MEASURED:
+                entry.measured = {**(entry.measured or {}), value[0]: value[1]}
         entry.duration = round(entry.duration + (getattr(report, "duration", 0.0) or 0.0), 4)
         outcome = self._outcome(report)
         if outcome is None:

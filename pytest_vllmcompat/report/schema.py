@@ -12,7 +12,8 @@ Schema (version 1)::
      "deprecations": [{category, message, where, tests: [...]}],
      "substitutions": [{what, tests: [...]}],
      "tests": [{nodeid, outcome, duration, reason?, longrepr?, skip_kind?,
-                known_failure?: {cause, match, state}, substituted?: [what, ...]}]}
+                known_failure?: {cause, match, state}, substituted?: [what, ...],
+                measured?: {name: value}}]}
 
 `skip_kind`: lane (a GPU-only test on a lane without GPUs), not-applicable, host. `known_failure.state`:
 confirmed (failed with its declared cause), mismatch (failed otherwise: a failure), xpass (passed: a failure),
@@ -74,7 +75,8 @@ class TestRecord:
     longrepr: str | None = None  # short traceback of a failure or error
     skip_kind: str | None = None  # for skips: lane, not-applicable, host
     known_failure: dict[str, str] | None = None  # {cause, match, state} where one is declared for this test
-    substituted: list[str] | None = None  # pieces this lane replaced in this test (plugin/substitutions.py)
+    substituted: list[str] | None = None  # pieces this lane replaced in this test (plugin/recorded.py)
+    measured: dict[str, float] | None = None  # numbers a tolerance is derived from (plugin/recorded.py)
 
     def to_json(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None or k == "outcome"}

@@ -23,10 +23,12 @@ def stop_token_ids(model, tokenizer) -> set[int]:
     return {i for i in ids if i is not None}
 
 
-def greedy(model, tokenizer, prompt_ids: list[list[int]], max_tokens: int) -> list[list[int]]:
+def greedy(model, tokenizer, prompt_ids: list[list[int]], max_tokens: int,
+           repetition_penalty: float = 1.0) -> list[list[int]]:
     """Greedy continuation of each prompt, one argmax per step, stopping after an EOS token
     (vLLM includes the EOS token in its output). A plain loop, so it means the same in
-    transformers 4 and 5."""
+    transformers 4 and 5. `repetition_penalty` as vLLM and transformers define it: every token id already in the
+    prompt or the completion has its logit divided by the penalty where positive, multiplied where negative."""
     import torch
 
     stops = stop_token_ids(model, tokenizer)
@@ -36,6 +38,10 @@ def greedy(model, tokenizer, prompt_ids: list[list[int]], max_tokens: int) -> li
             seq, out = list(ids), []
             for _ in range(max_tokens):
                 logits = model(torch.tensor([seq])).logits[0, -1]
+                if repetition_penalty != 1.0:
+                    seen = torch.tensor(sorted(set(seq)))
+                    picked = logits[seen]
+                    logits[seen] = torch.where(picked > 0, picked / repetition_penalty, picked * repetition_penalty)
                 token = int(torch.argmax(logits))
                 out.append(token)
                 seq.append(token)

@@ -136,8 +136,34 @@ def test_top_k_1_equals_greedy(vllm_generator, greedy_reference):
     assert out.completion_ids == greedy_reference
 
 
+@pytest.mark.parametrize("knob", ["top_p", "min_p"])
+def test_a_cutoff_that_keeps_only_the_top_token_equals_greedy(vllm_generator, greedy_reference, knob):
+    """GRPOConfig/RLOOConfig `top_p` and `min_p` reach vLLM (colocate SamplingParams, server request fields):
+    top_p=1e-6 keeps only the most likely token (vLLM always keeps one), min_p=1.0 only tokens as likely as the
+    top one, so sampling at T=4 must give the greedy ids. If the value were dropped, T=4 would not be greedy
+    (test_unseeded_sampling_is_random)."""
+    cutoff = {"top_p": 1e-6, "min_p": 1.0}[knob]
+    out = vllm_generator.generate(PROMPTS, SamplingOptions(temperature=HOT, max_tokens=MAX_TOKENS, **{knob: cutoff},
+                                                           generation_kwargs={"seed": 3}))
+    assert out.completion_ids == greedy_reference
+
+
+REPETITION_PENALTY = 2.0
+
+
+def test_repetition_penalty_matches_transformers(vllm_generator, reference_model, prompt_ids, greedy_reference):
+    """`repetition_penalty` reaches vLLM: greedy with a penalty of 2 equals the transformers greedy reference under
+    the same penalty (prompt and completion tokens penalised), and differs from plain greedy."""
+    model, tokenizer = reference_model
+    expected = reference.greedy(model, tokenizer, prompt_ids, MAX_TOKENS, repetition_penalty=REPETITION_PENALTY)
+    assert expected != greedy_reference, "precondition: the penalty changes the reference's greedy ids"
+    out = vllm_generator.generate(PROMPTS, SamplingOptions.greedy(MAX_TOKENS, repetition_penalty=REPETITION_PENALTY))
+    assert out.completion_ids == expected
+
+
 @pytest.mark.parametrize("temperature", [1.0, 2.0])
-def test_sampled_token_logprobs_match_transformers(vllm_generator, reference_model, prompt_ids, temperature):
+def test_sampled_token_logprobs_match_transformers(vllm_generator, reference_model, prompt_ids, temperature,
+                                                   vllm_measure):
     """TRL asks vLLM for processed logprobs (after temperature scaling): log_softmax(logits / T) of the sampled
     token, compared with the fp32 reference on the same weights (see logprob_tolerance for the bound)."""
     model, _ = reference_model
@@ -148,6 +174,7 @@ def test_sampled_token_logprobs_match_transformers(vllm_generator, reference_mod
     assert [len(r) for r in out.logprobs] == [len(r) for r in expected]
     diffs = [abs(a - b) for got, ref in zip(out.logprobs, expected) for a, b in zip(got, ref)]
     print(f"max |logprob diff| at T={temperature}: {max(diffs):.5f} over {len(diffs)} tokens")
+    vllm_measure("max_abs_logprob_diff", max(diffs))
     tolerance = logprob_tolerance(temperature)
     assert max(diffs) <= tolerance, f"max |logprob diff| {max(diffs):.4f} > {tolerance}"
 

@@ -117,7 +117,8 @@ def test_trl_parses_a_tool_call_on_this_transformers(vllm_model_dir, attribute):
                                       f"transformers' parse_response(ids, prefix='') gives {direct!r}")
 
 
-SERVER_RUNS = {"grpo-plain": {"trainer": "grpo", "dataset": "plain"},
+# grpo-plain names the server by vllm_server_host + vllm_server_port, the others by vllm_server_base_url.
+SERVER_RUNS = {"grpo-plain": {"trainer": "grpo", "dataset": "plain", "address": "host-port"},
                "grpo-chat": {"trainer": "grpo", "dataset": "chat"},
                "rloo-plain": {"trainer": "rloo", "dataset": "plain"},
                "rloo-chat": {"trainer": "rloo", "dataset": "chat"},
@@ -149,6 +150,7 @@ def server_trainer_outcomes(vllmcompat_context, trainer_server, vllm_model_dir, 
         wanted.pop("grpo-tools")  # its test skips (TRL refuses tools below transformers 5)
     out = tmp_path_factory.mktemp("server-trainers")
     spec = {"mode": "server", "lane": vllmcompat_context.lane, "base_url": server.base_url,
+            "server_log": str(server.log_path),
             "model": str(vllm_model_dir), "out": str(out), "runs": [{**r, "steps": STEPS} for r in wanted.values()]}
     env = child_env({"CUDA_VISIBLE_DEVICES": trainer_gpu} if trainer_gpu is not None else {})
     started = time.monotonic()
@@ -173,7 +175,8 @@ def server_summary(outcomes: dict, name: str) -> dict:
     if "skip" in outcome:
         pytest.skip(outcome["skip"])
     if "error" in outcome:
-        pytest.fail(f"{name} in server mode raised:\n{outcome['error'][-4000:]}", pytrace=False)
+        pytest.fail(f"{name} in server mode raised:\n{outcome['error'][-4000:]}\n--- what the server logged during "
+                    f"this run ---\n{outcome['server_log']}", pytrace=False)
     print(json.dumps({k: v for k, v in outcome["summary"].items() if k not in ("hf_after", "transport")}))
     return outcome["summary"]
 

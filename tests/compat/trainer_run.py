@@ -211,8 +211,14 @@ def server_run(spec, run, sent, transport):
     t0, first_request = time.monotonic(), len(sent)
     if transport:
         transport.clear()
-    trainer, model, tokenizer = build_trainer(spec, run, "server", vllm_server_base_url=spec["base_url"],
-                                              vllm_server_timeout=60)
+    if run.get("address") == "host-port":  # GRPOConfig's other way to name the server (and the NCCL host)
+        from urllib.parse import urlsplit
+
+        url = urlsplit(spec["base_url"])
+        address = dict(vllm_server_host=url.hostname, vllm_server_port=url.port)
+    else:
+        address = dict(vllm_server_base_url=spec["base_url"])
+    trainer, model, tokenizer = build_trainer(spec, run, "server", vllm_server_timeout=60, **address)
     greedy_before = server_greedy(trainer, tokenizer) if not transport else None
     hf_before = param_digests(trainer.model)
     result = trainer.train()
@@ -232,6 +238,15 @@ def server_run(spec, run, sent, transport):
     return summary
 
 
+def log_since(spec, offset, limit=6000):
+    """What the server logged during a run (its side of a failure), progress bars left out."""
+    with open(spec["server_log"], "rb") as f:
+        f.seek(offset)
+        lines = f.read().decode("utf-8", errors="replace").splitlines()
+    kept = [line for line in lines if not line.startswith(("Adding requests", "Processed prompts"))]
+    return "\n".join(kept)[-limit:]
+
+
 def server_main(spec):
     """All server runs in this one process, one after the other (no engine here; each trainer builds its own
     Accelerator, VLLMGeneration and VLLMClient)."""
@@ -249,12 +264,13 @@ def server_main(spec):
     outcomes = []
     for i, run in enumerate(spec["runs"]):
         run = {**run, "out": os.path.join(spec["out"], str(i))}
+        log_offset = os.path.getsize(spec["server_log"])
         try:
             outcomes.append({"run": run, "summary": server_run(spec, run, sent, transport)})
         except NotApplicable as exc:
             outcomes.append({"run": run, "skip": str(exc)})
         except Exception:
-            outcomes.append({"run": run, "error": traceback.format_exc()})
+            outcomes.append({"run": run, "error": traceback.format_exc(), "server_log": log_since(spec, log_offset)})
     print(json.dumps({"trl": trl.__version__, "outcomes": outcomes}), flush=True)
     os._exit(0)
 
