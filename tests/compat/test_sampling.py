@@ -148,16 +148,20 @@ def test_a_cutoff_that_keeps_only_the_top_token_equals_greedy(vllm_generator, gr
     assert out.completion_ids == greedy_reference
 
 
-REPETITION_PENALTY = 2.0
+REPETITION_PENALTY = 5.0
 
 
-def test_repetition_penalty_matches_transformers(vllm_generator, reference_model, prompt_ids, greedy_reference):
-    """`repetition_penalty` reaches vLLM: greedy with a penalty of 2 equals the transformers greedy reference under
-    the same penalty (prompt and completion tokens penalised), and differs from plain greedy."""
+def test_repetition_penalty_matches_transformers(vllm_generator, reference_model, greedy_reference):
+    """`repetition_penalty` reaches vLLM: greedy with a penalty of 5 equals the transformers greedy reference under
+    the same penalty (prompt and completion tokens penalised), on the ids the engine tokenized. The tiny model's
+    greedy continuations never repeat a token, so each prompt is `prompt + its greedy continuation + prompt`: the
+    continuation the model wants next is then all seen tokens, and the penalty must change it (precondition)."""
     model, tokenizer = reference_model
-    expected = reference.greedy(model, tokenizer, prompt_ids, MAX_TOKENS, repetition_penalty=REPETITION_PENALTY)
-    assert expected != greedy_reference, "precondition: the penalty changes the reference's greedy ids"
-    out = vllm_generator.generate(PROMPTS, SamplingOptions.greedy(MAX_TOKENS, repetition_penalty=REPETITION_PENALTY))
+    prompts = [p + tokenizer.decode(g) + p for p, g in zip(PROMPTS, greedy_reference)]
+    out = vllm_generator.generate(prompts, SamplingOptions.greedy(MAX_TOKENS, repetition_penalty=REPETITION_PENALTY))
+    plain = reference.greedy(model, tokenizer, out.prompt_ids, MAX_TOKENS)
+    expected = reference.greedy(model, tokenizer, out.prompt_ids, MAX_TOKENS, repetition_penalty=REPETITION_PENALTY)
+    assert all(e != p for e, p in zip(expected, plain)), "precondition: the penalty changes every greedy completion"
     assert out.completion_ids == expected
 
 
