@@ -117,8 +117,9 @@ def test_trl_parses_a_tool_call_on_this_transformers(vllm_model_dir, attribute):
                                       f"transformers' parse_response(ids, prefix='') gives {direct!r}")
 
 
-# grpo-plain names the server by vllm_server_host + vllm_server_port, the others by vllm_server_base_url.
-SERVER_RUNS = {"grpo-plain": {"trainer": "grpo", "dataset": "plain", "address": "host-port"},
+# grpo-plain names the server by vllm_server_host + vllm_server_port, the others by vllm_server_base_url; it also
+# evaluates once with num_generations_eval=2 (test_grpo_server_evaluation_uses_num_generations_eval).
+SERVER_RUNS = {"grpo-plain": {"trainer": "grpo", "dataset": "plain", "address": "host-port", "eval": True},
                "grpo-chat": {"trainer": "grpo", "dataset": "chat"},
                "rloo-plain": {"trainer": "rloo", "dataset": "plain"},
                "rloo-chat": {"trainer": "rloo", "dataset": "chat"},
@@ -234,3 +235,18 @@ def test_grpo_with_tools_server(server_trainer_outcomes, vllm_backend, vllmcompa
         vllm_lane_substitute(SERVER_WEIGHT_SYNC)
     summary = server_summary(server_trainer_outcomes, "grpo-tools")
     check_server_run(summary, vllm_backend, vllmcompat_context.lane, chat=True)
+
+
+@server
+def test_grpo_server_evaluation_uses_num_generations_eval(server_trainer_outcomes, vllmcompat_context,
+                                                          vllm_lane_substitute):
+    """`num_generations_eval` replaces num_generations in eval mode: trainer.evaluate() after training sends the
+    eval prompt once with n=2 (GRPOTrainer._generate_single_turn), at the trainer's temperature and length."""
+    if vllmcompat_context.lane == "cpu":
+        vllm_lane_substitute(SERVER_WEIGHT_SYNC)
+    summary = server_summary(server_trainer_outcomes, "grpo-plain")
+    gens = [r for r in summary["eval_requests"] if r["path"] in ("/generate/", "/chat/")]
+    assert gens, f"evaluate() sent no generation request: {[r['path'] for r in summary['eval_requests']]}"
+    for r in gens:
+        body = r["json"]
+        assert (body["n"], body["temperature"], body["max_tokens"]) == (2, 2.0, 8), body

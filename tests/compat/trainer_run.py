@@ -23,6 +23,7 @@ import time
 from pytest_vllmcompat.process.ports import rendezvous_port
 
 GENERATIONS, MAX_COMPLETION, TEMPERATURE = 4, 8, 2.0  # what every run configures; the server tests check them
+EVAL_GENERATIONS = 2  # num_generations_eval of the runs that also evaluate
 PROMPTS = ["The quick brown fox", "def add(a, b):", "Once upon a time", "1, 2, 3, 4,",
            "Hello, my name is", "The capital of France is", "import numpy as", "Roses are red,"]
 
@@ -102,6 +103,12 @@ def build_trainer(spec, run, mode, **config):
         if not getattr(tokenizer, "response_schema", None):  # the tiny model's template is not one TRL knows
             from trl.chat_template_utils import qwen3_schema
             tokenizer.response_schema = qwen3_schema  # what trl.chat_template_utils.add_response_schema sets
+    if run.get("eval"):  # an evaluation pass generates num_generations_eval completions per prompt
+        if "num_generations_eval" not in inspect.signature(config_cls.__init__).parameters:
+            raise NotApplicable(f"not applicable: TRL {trl.__version__}: {config_cls.__name__} has no "
+                                "num_generations_eval")
+        common.update(num_generations_eval=EVAL_GENERATIONS, per_device_eval_batch_size=EVAL_GENERATIONS)
+        extra["eval_dataset"] = Dataset.from_dict({k: v[:1] for k, v in data.items()})
     trainer = trainer_cls(model=model, reward_funcs=even_tokens, args=config_cls(**common),
                           train_dataset=Dataset.from_dict(data), processing_class=tokenizer, **extra)
     return trainer, model, tokenizer
@@ -225,10 +232,15 @@ def server_run(spec, run, sent, transport):
     trainer.vllm_generation.sync_weights()  # what the next step would do: push the trained weights
     hf_after = param_digests(trainer.model)
     requests_made = sent[first_request:]
+    eval_requests = None
+    if run.get("eval"):
+        before_eval = len(sent)
+        trainer.evaluate()
+        eval_requests = sent[before_eval:]
     summary = {
         "trainer": run["trainer"], "dataset": run["dataset"], "tools": bool(run.get("tools")),
         "global_step": trainer.state.global_step, "train_loss": result.training_loss,
-        "requests": requests_made, "hf_changed": sorted(n for n in hf_after if hf_after[n] != hf_before[n]),
+        "requests": requests_made, "eval_requests": eval_requests, "hf_changed": sorted(n for n in hf_after if hf_after[n] != hf_before[n]),
         "hf_after": hf_after, "seconds": round(time.monotonic() - t0, 1),
     }
     if transport:
