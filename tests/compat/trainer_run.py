@@ -232,6 +232,7 @@ def server_run(spec, run, sent, transport):
     trainer.vllm_generation.sync_weights()  # what the next step would do: push the trained weights
     hf_after = param_digests(trainer.model)
     requests_made = sent[first_request:]
+    pushed = json.loads(json.dumps(transport.to_json())) if transport else None  # before evaluate() syncs again
     eval_requests = None
     if run.get("eval"):
         before_eval = len(sent)
@@ -244,7 +245,7 @@ def server_run(spec, run, sent, transport):
         "hf_after": hf_after, "seconds": round(time.monotonic() - t0, 1),
     }
     if transport:
-        summary["transport"] = transport.to_json()
+        summary["transport"] = pushed
     else:  # CUDA lane: the weights really went over NCCL; the server must now generate with them
         summary["greedy_changed_after_sync"] = server_greedy(trainer, tokenizer) != greedy_before
     return summary
