@@ -173,3 +173,32 @@ def test_deprecations_on_the_backends_paths_are_recorded_and_shown(pytester, mon
     assert gate.ret == 0  # deprecations do not fail a cell
     md = (pytester.path / "out" / "support.md").read_text()
     assert "  - DeprecationWarning in vllm (utils.py:4): vllm.utils.get_open_port is deprecated (1 test(s))" in md
+
+
+def test_lane_substitutions_and_measurements_reach_the_report_results_and_gate(pytester, monkeypatch):
+    pytester.makeconftest(CELL_CONFTEST)
+    pytester.makepyfile(test_sub="def test_replaced(vllm_lane_substitute, vllm_measure):\n"
+                                 "    vllm_lane_substitute('server weight sync not exercised on the cpu lane')\n"
+                                 "    vllm_lane_substitute('server weight sync not exercised on the cpu lane')\n"
+                                 "    vllm_measure('max_abs_logprob_diff', 0.03)\n\n"
+                                 "def test_plain():\n    pass\n")
+    results = pytester.path / "results"
+    run = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rA", "--vllm-lane=cpu", "--vllm-results",
+                                        str(results))
+    run.assert_outcomes(passed=2)
+    run.stdout.fnmatch_lines(["*substituted on this lane: server weight sync not exercised on the cpu lane*",
+                              "vllmcompat: server weight sync not exercised on the cpu lane (1 test(s) replaced*"])
+    [path] = results.iterdir()
+    data = json.loads(path.read_text())
+    tests = {t["nodeid"]: t for t in data["tests"]}
+    assert tests["test_sub.py::test_replaced"]["substituted"] == ["server weight sync not exercised on the cpu lane"]
+    assert tests["test_sub.py::test_replaced"]["measured"] == {"max_abs_logprob_diff": 0.03}
+    assert "substituted" not in tests["test_sub.py::test_plain"]
+    assert data["substitutions"] == [{"what": "server weight sync not exercised on the cpu lane",
+                                      "tests": ["test_sub.py::test_replaced"]}]
+    gate = pytester.run(sys.executable, "-m", "pytest_vllmcompat", "gate", "--results", str(results), "--require",
+                        "present", "--out", str(pytester.path / "out"))
+    assert gate.ret == 0
+    md = (pytester.path / "out" / "support.md").read_text()
+    assert "server weight sync not exercised on the cpu lane (1 test(s))" in md
+    assert "server weight sync not exercised on the cpu lane" in (pytester.path / "out" / "support.html").read_text()
