@@ -123,7 +123,8 @@ SERVER_RUNS = {"grpo-plain": {"trainer": "grpo", "dataset": "plain", "address": 
                "grpo-chat": {"trainer": "grpo", "dataset": "chat"},
                "rloo-plain": {"trainer": "rloo", "dataset": "plain"},
                "rloo-chat": {"trainer": "rloo", "dataset": "chat"},
-               "grpo-tools": {"trainer": "grpo", "dataset": "chat", "tools": True}}
+               "grpo-tools": {"trainer": "grpo", "dataset": "chat", "tools": True},
+               "grpo-chat-kwargs": {"trainer": "grpo", "dataset": "chat", "chat_template_kwargs": {"greeting": "Hi"}}}
 STEPS = 2
 
 
@@ -250,3 +251,24 @@ def test_grpo_server_evaluation_uses_num_generations_eval(server_trainer_outcome
     for r in gens:
         body = r["json"]
         assert (body["n"], body["temperature"], body["max_tokens"]) == (2, 2.0, 8), body
+
+
+@server
+def test_grpo_server_chat_template_kwargs_reach_the_template(server_trainer_outcomes, vllm_backend, vllm_model_dir,
+                                                             vllmcompat_context, vllm_lane_substitute):
+    """`chat_template_kwargs={"greeting": "Hi"}` with a trainer-side template that prints `greeting`:
+    0.29.1 applies it in the trainer (the token ids sent start with "Hi"); 0.28.0/0.29.0 send it with the
+    messages to /chat/ for the server's LLM.chat (the request carries it unchanged)."""
+    if vllmcompat_context.lane == "cpu":
+        vllm_lane_substitute(SERVER_WEIGHT_SYNC)
+    summary = server_summary(server_trainer_outcomes, "grpo-chat-kwargs")
+    check_server_run(summary, vllm_backend, vllmcompat_context.lane, chat=True)
+    gens = [r for r in summary["requests"] if r["path"] in ("/generate/", "/chat/")]
+    if vllm_backend.token_id_prompts:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(vllm_model_dir))
+        texts = [tokenizer.decode(r["json"]["prompts"]["first"]) for r in gens]
+        assert all(t.startswith("Hi\n") for t in texts), texts
+    else:
+        assert all(r["json"].get("chat_template_kwargs") == {"greeting": "Hi"} for r in gens), gens

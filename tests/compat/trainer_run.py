@@ -24,6 +24,7 @@ from pytest_vllmcompat.process.ports import rendezvous_port
 
 GENERATIONS, MAX_COMPLETION, TEMPERATURE = 4, 8, 2.0  # what every run configures; the server tests check them
 EVAL_GENERATIONS = 2  # num_generations_eval of the runs that also evaluate
+GREETING_TEMPLATE = "{% if greeting is defined %}{{ greeting + '\\n' }}{% endif %}"  # reads a chat_template_kwarg
 PROMPTS = ["The quick brown fox", "def add(a, b):", "Once upon a time", "1, 2, 3, 4,",
            "Hello, my name is", "The capital of France is", "import numpy as", "Roses are red,"]
 
@@ -82,6 +83,9 @@ def build_trainer(spec, run, mode, **config):
     kind, model_dir = run["trainer"], spec["model"]
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir).to(device="cpu", dtype=torch.float32)
+    if run.get("chat_template_kwargs"):  # a template that shows whether the kwargs reached it
+        tokenizer.chat_template = GREETING_TEMPLATE + tokenizer.chat_template
+        config = {**config, "chat_template_kwargs": dict(run["chat_template_kwargs"])}
     if run["dataset"] == "chat":
         data = {"prompt": [[{"role": "user", "content": p}] for p in PROMPTS]}
     else:
