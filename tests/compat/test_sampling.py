@@ -20,18 +20,22 @@ from pytest_vllmcompat.testing.reference import CONVERSATIONS, MAX_TOKENS, PROMP
 # The tiny model's successor map makes sampling at T=1 almost greedy; T=4 spreads it enough that different
 # seeds give different completions.
 HOT = 4.0
-# Logprob tolerance. vLLM runs the bf16 checkpoint in bf16, logits included (the sampler upcasts them to fp32
-# only afterwards); the reference runs the same weights in fp32. This model's logits reach |x| ~ 19, where bf16's
-# spacing is 0.125: rounding the sampled token's logit and the dominant (top) logit of the log-sum-exp moves
-# log_softmax(logits / T) by up to 2 * 0.0625 / T, plus a little from bf16 activations in the 2 layers.
-# Tolerance 0.125 / T + 0.025: 0.15 at T=1, 0.0875 at T=2. Measured max |vLLM - reference| over 48 tokens on
-# the 0.11.1 cells (both modes): 0.0008 at T=1 (the sampled tokens are top-1, where log_softmax ~ 0 barely
-# moves) and 0.043 at T=2 (non-top tokens get sampled), i.e. 2x margin; a wrong temperature handling or a
-# raw-vs-processed logprob mix-up moves them by whole units.
-def logprob_tolerance(temperature: float) -> float:
-    return 0.125 / temperature + 0.025
+# Logprob tolerance: twice the worst difference measured. The test records its max |vLLM - reference| over the
+# 48 sampled tokens (`measured.max_abs_logprob_diff` in the cell's results); on the CPU lane it was, on 2026-12-01,
+# the same in every engine cell (vLLM 0.11.0, 0.11.1, 0.12.0 x transformers 4/5, both modes, TRL 0.29.1):
+# 0.00083 at T=1 (the sampled tokens are top-1, where log_softmax ~ 0 barely moves) and 0.0429 at T=2 (non-top
+# tokens get sampled). A wrong temperature handling or a raw-vs-processed logprob mix-up moves them by whole
+# units; a 0.5% error on a logprob of -1 (0.005) fails at T=1.
+# The CUDA lane has no measurement yet, so it keeps the bound derived from bf16 (vLLM runs the bf16 checkpoint in
+# bf16, logits included; logits reach |x| ~ 19, where bf16's spacing is 0.125: rounding the sampled and the top
+# logit moves log_softmax(logits / T) by up to 2 * 0.0625 / T, plus a little from bf16 activations):
+# 0.125 / T + 0.025. Replace it by 2x its measured worst once a CUDA cell has run.
+MEASURED_WORST_LOGPROB_DIFF = {"cpu": {1.0: 0.00083, 2.0: 0.0429}}
 
 
+def logprob_tolerance(temperature: float, lane: str) -> float:
+    measured = MEASURED_WORST_LOGPROB_DIFF.get(lane)
+    return 2 * measured[temperature] if measured else 0.125 / temperature + 0.025
 
 
 def seeded(seed: int, **kw) -> SamplingOptions:
@@ -167,7 +171,7 @@ def test_repetition_penalty_matches_transformers(vllm_generator, reference_model
 
 @pytest.mark.parametrize("temperature", [1.0, 2.0])
 def test_sampled_token_logprobs_match_transformers(vllm_generator, reference_model, prompt_ids, temperature,
-                                                   vllm_measure):
+                                                   vllm_measure, vllmcompat_context):
     """TRL asks vLLM for processed logprobs (after temperature scaling): log_softmax(logits / T) of the sampled
     token, compared with the fp32 reference on the same weights (see logprob_tolerance for the bound)."""
     model, _ = reference_model
@@ -179,8 +183,8 @@ def test_sampled_token_logprobs_match_transformers(vllm_generator, reference_mod
     diffs = [abs(a - b) for got, ref in zip(out.logprobs, expected) for a, b in zip(got, ref)]
     print(f"max |logprob diff| at T={temperature}: {max(diffs):.5f} over {len(diffs)} tokens")
     vllm_measure("max_abs_logprob_diff", max(diffs))
-    tolerance = logprob_tolerance(temperature)
-    assert max(diffs) <= tolerance, f"max |logprob diff| {max(diffs):.4f} > {tolerance}"
+    tolerance = logprob_tolerance(temperature, vllmcompat_context.lane)
+    assert max(diffs) <= tolerance, f"max |logprob diff| {max(diffs):.5f} > {tolerance} (T={temperature})"
 
 
 @pytest.fixture
