@@ -5,7 +5,8 @@
   nox -s "vllm-0.11.1(tf5)"   one cell
   nox -s vllm-0.11.1 -- --vllm-mode=server -x   pytest arguments after --
   VLLMCOMPAT_LANE=cpu|cuda    force the lane (default: cuda when a GPU is visible)
-  VLLMCOMPAT_TARGET=trl==0.28.0 or /path/to/trl   backend target (default: the matrix's)
+  VLLMCOMPAT_TARGET=trl==0.28.0 or /path/to/trl   backend target (default: the matrix's); the cells follow
+                              it: the seed matrix for its targets, else the target's declared vLLM range
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))  # the harness's own code, usable before it is installed anywhere
 
 from pytest_vllmcompat import host, matrix  # noqa: E402
-from pytest_vllmcompat.errors import MatrixError  # noqa: E402
+from pytest_vllmcompat.errors import VllmcompatError  # noqa: E402
 from pytest_vllmcompat.install import plan as install  # noqa: E402
 from pytest_vllmcompat.install.resolve import check_resolvable  # noqa: E402
+from pytest_vllmcompat.install.target_range import target_matrix  # noqa: E402
 
 
-def _settings() -> tuple[matrix.Matrix, str, str]:
+def _settings() -> tuple[matrix.Matrix, str, str, str]:
     """The matrix, the lane and the backend target, validated before nox creates or deletes any environment:
     a bad value stops here with its message alone (no traceback), naming the file and key or the variable."""
     try:
@@ -34,12 +36,14 @@ def _settings() -> tuple[matrix.Matrix, str, str]:
         target = install.check_target(the_matrix, os.environ.get(install.TARGET_ENV))
         if os.environ.get(install.TARGET_ENV) and not matrix.is_local_target(target):
             check_resolvable(target, the_matrix.python)
-    except (MatrixError, ValueError) as exc:
+        # The cells follow the target: the seed matrix for its targets, else the target's declared vLLM range.
+        the_matrix, cells = target_matrix(the_matrix, target)
+    except (VllmcompatError, ValueError) as exc:
         raise SystemExit(f"error: {exc}") from None
-    return the_matrix, lane, target
+    return the_matrix, lane, target, cells.source
 
 
-MATRIX, LANE, TARGET = _settings()
+MATRIX, LANE, TARGET, CELLS_SOURCE = _settings()
 nox.options.default_venv_backend = "uv"
 nox.options.sessions = ["self-test"]
 # Give pytest time to stop its servers on Ctrl-C before nox escalates.
@@ -80,8 +84,10 @@ def gate(session: nox.Session) -> None:
 
 
 def _cell_session(version: str):
+    lines = MATRIX.lines(version)
+
     @nox.session(name=f"vllm-{version}", python=MATRIX.python, tags=["cell"])  # CI: nox -l --json -t cell
-    @nox.parametrize("transformers", list(MATRIX.transformers), ids=[f"tf{t}" for t in MATRIX.transformers])
+    @nox.parametrize("transformers", list(lines), ids=[f"tf{t}" for t in lines])
     def cell_session(session: nox.Session, transformers: str) -> None:
         cell = MATRIX.cell(version, transformers, LANE, TARGET)
         plan = install.install_plan(MATRIX, cell)
@@ -96,8 +102,8 @@ def _cell_session(version: str):
             env=env, interrupt_timeout=PYTEST_INTERRUPT_TIMEOUT, terminate_timeout=30.0,
         )
 
-    lines = " and ".join(MATRIX.transformers)
-    cell_session.__doc__ = f"vLLM {version} with transformers {lines} on the {LANE} lane, backend {TARGET}."
+    cell_session.__doc__ = (f"vLLM {version} with transformers {' and '.join(lines)} on the {LANE} lane, backend "
+                            f"{TARGET} (cells from {CELLS_SOURCE}).")
     return cell_session
 
 

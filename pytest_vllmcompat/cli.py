@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from . import matrix
-from .errors import IdentityError, MatrixError, PlanResolutionError
+from .errors import IdentityError, MatrixError, PlanResolutionError, VllmcompatError
 from .install import cpu_identity, resolve
 from .install import installed as cellinfo
 from .install import plan as install_plan
+from .install.target_range import target_matrix
 from .report import doctor, gate
 
 
@@ -61,12 +62,12 @@ def _add_plan_parser(sub: Any) -> None:
 
 def _run_plan(args: argparse.Namespace) -> int:
     try:
-        m = matrix.load()
+        m, _ = target_matrix(matrix.load(), args.target or matrix.load().default_target)  # the target's cells
         cells = [c for c in m.cells(args.lane, args.target)
                  if (not args.vllm or c.vllm in args.vllm) and (not args.transformers or c.transformers in args.transformers)]
         for version in args.vllm or ():
-            m.cell(version, "4" if "4" in m.transformers else next(iter(m.transformers)), args.lane)  # names valid ones
-    except MatrixError as exc:
+            m.cell(version, m.lines(version)[0] if version in m.vllm_versions else "4", args.lane)  # names valid ones
+    except VllmcompatError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     failed = []

@@ -32,6 +32,10 @@ class PlanResolutionError(VllmcompatError, RuntimeError):
         super().__init__(f"{cell} ({session}): the install plan does not resolve:\n{message}")
 
 
+class IndexUnavailable(VllmcompatError, RuntimeError):
+    """The package index could not be read (a derived matrix, a wheel's metadata)."""
+
+
 class BackendIncompatible(VllmcompatError, RuntimeError):
     """No adapter fits the installed backend (the message names the version, its location and what is missing)."""
 

@@ -113,16 +113,22 @@ class Matrix:
     cpu_pins: dict[str, CpuPins]
     known_failures: tuple[KnownFailure, ...] = field(default=())
     test_tools: tuple[str, ...] = field(default=())
+    # Transformers lines per vLLM version where not all of them apply (a target's derived matrix:
+    # install/target_range.py); empty for the seed matrix.
+    cell_lines: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def lines(self, vllm: str) -> tuple[str, ...]:
+        return self.cell_lines.get(vllm, tuple(self.transformers))
 
     def cell(self, vllm: str, transformers: str, lane: str, target: str | None = None) -> Cell:
         """The declared cell for these coordinates; unknown values list the valid ones."""
         _check_choice("vLLM version", vllm, self.vllm_versions)
-        _check_choice("transformers line", transformers, tuple(self.transformers))
+        _check_choice(f"transformers line of vLLM {vllm}", transformers, self.lines(vllm))
         _check_choice("lane", lane, LANES)
         return Cell(vllm, transformers, lane, target or self.default_target)
 
     def cells(self, lane: str, target: str | None = None) -> list[Cell]:
-        return [self.cell(v, t, lane, target) for v in self.vllm_versions for t in self.transformers]
+        return [self.cell(v, t, lane, target) for v in self.vllm_versions for t in self.lines(v)]
 
     def known_failures_for(self, cell: Cell, nodeid: str, markers: frozenset[str] = frozenset()) -> list[KnownFailure]:
         return [kf for kf in self.known_failures if kf.applies_to(cell, nodeid, markers)]

