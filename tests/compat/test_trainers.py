@@ -64,6 +64,12 @@ def test_trainer_colocate_trains_and_the_engine_follows(vllm_engine_host, vllm_m
     assert summary["hf_max_delta"] > 0 and summary["engine_max_delta_during_training"] > 0
     assert summary["engine_matches_trained"]
     assert summary["greedy_changed_after_final_sync"], "the engine's greedy output did not follow the training"
+    # What the trainer's configuration became in the engine (GRPOConfig/RLOOConfig defaults, trainer_run.py's
+    # settings): max_num_seqs = per_device_train_batch_size 4 x tensor_parallel_size 1 x steps_per_generation 1;
+    # vllm_model_impl "vllm"; vllm_gpu_memory_utilization 0.3; vllm_max_model_length 512; TRL's fixed
+    # max_num_batched_tokens 4096.
+    assert summary["engine_config"] == {"max_num_seqs": 4, "max_num_batched_tokens": 4096, "max_model_len": 512,
+                                        "model_impl": "vllm", "gpu_memory_utilization": 0.3}, summary["engine_config"]
 
 
 def skip_unless_transformers_5():

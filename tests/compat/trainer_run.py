@@ -160,7 +160,14 @@ def colocate_main(spec):
     ok_sync = torch.allclose(eng_synced, hf_after.to(eng_synced.dtype), atol=1e-6, rtol=BF16_ROUNDING)
     greedy_synced = greedy(trainer, probe_ids)
     logs = [h for h in trainer.state.log_history if "loss" in h]
+    config = trainer.vllm_generation.llm.llm_engine.vllm_config  # what the trainer's arguments became in vLLM
     summary = {
+        "engine_config": {"max_num_seqs": config.scheduler_config.max_num_seqs,
+                          "max_num_batched_tokens": config.scheduler_config.max_num_batched_tokens,
+                          "max_model_len": config.model_config.max_model_len,
+                          "model_impl": str(getattr(config.model_config.model_impl, "value",
+                                                    config.model_config.model_impl)),
+                          "gpu_memory_utilization": config.cache_config.gpu_memory_utilization},
         "trl": trl.__version__, "trainer": kind, "dataset": spec["dataset"], "tools": bool(spec.get("tools")),
         "global_step": trainer.state.global_step, "train_loss": result.training_loss,
         "rewards": [h.get("reward") for h in logs], "reward_std": [h.get("reward_std") for h in logs],
