@@ -188,7 +188,8 @@ class ResultsWriter:
             return
         run = state.of(self.config)
         self.collector.add_startups(run.drain_startups())
-        selection = selection_record(session, run.context, None if _under_xdist(self.config) else self.deselected)
+        selection = selection_record(session, run.context, None if _under_xdist(self.config) else self.deselected,
+                                     exitstatus)
         self.path = schema.write(directory, self.collector.result(run.context, exitstatus, selection))
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
@@ -212,7 +213,8 @@ def _under_xdist(config: pytest.Config) -> bool:
     return bool(getattr(config.option, "numprocesses", None))
 
 
-def selection_record(session: pytest.Session, ctx: Context, deselected: int | None) -> schema.Selection:
+def selection_record(session: pytest.Session, ctx: Context, deselected: int | None,
+                     exitstatus: int = 0) -> schema.Selection:
     """Which part of the suite this run selected; any narrowing makes the result partial (never gated)."""
     option, why = session.config.option, []
     if option.keyword:
@@ -230,6 +232,8 @@ def selection_record(session: pytest.Session, ctx: Context, deselected: int | No
         why.append(f"explicit tests: {' '.join(explicit)}")
     if session.shouldstop or session.shouldfail:
         why.append(f"stopped early ({session.shouldstop or session.shouldfail})")
+    if exitstatus == pytest.ExitCode.INTERRUPTED:  # Ctrl-C or SIGTERM: the tests after it never ran
+        why.append("interrupted")
     return schema.Selection(modes=list(ctx.modes), deselected=deselected, partial=bool(why), why_partial=why)
 
 

@@ -18,8 +18,9 @@ import re
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import requests
 
@@ -28,10 +29,13 @@ from ..process.executor import wait_until
 
 NO_PROXY: dict[str, Any] = {"http": None, "https": None}  # talk to 127.0.0.1 directly whatever the environment's proxies
 # Log lines that mean the request will never be answered: multiprocessing's header before the traceback of a
-# worker process that raised (trl vllm-serve's llm_worker), and vLLM's engine core dying.
-DEATH_PATTERNS = (r"^Process \S+-\d+:$", r"EngineCore encountered a fatal error", r"EngineDeadError")
+# worker process that raised (trl vllm-serve's llm_worker), TRL 0.28.0's llm_worker logging the exception it is
+# about to re-raise (its traceback then waits for the worker's children), and vLLM's engine core dying.
+DEATH_PATTERNS = (r"^Process \S+-\d+:$", r"\[Worker\] Unexpected error in \w+:", r"EngineCore encountered a fatal error",
+                  r"EngineDeadError")
 _DEATH = re.compile("|".join(f"(?:{p})" for p in DEATH_PATTERNS), re.M)
 _EXCEPTION_LINE = re.compile(r"^(?:[\w.]+\.)?\w*(?:Error|Exception)\b.*$", re.M)
+T = TypeVar("T")
 SETTLE = 1.0  # s: let the dying process finish writing its traceback before quoting it
 
 
@@ -82,12 +86,19 @@ def _release(worker: int, server: Server, start: int, timeout: float = 15.0) -> 
 def post_watching(server: Server, path: str, *, timeout: float, poll: float = 0.2, **kw: Any) -> requests.Response:
     """POST `path` on `server`; return the response, or raise ServerDied as soon as the server's log (from the
     moment of the request on) shows its worker or engine dying. `timeout` stays as the last resort."""
+    return call_watching(server, lambda: requests.post(f"{server.base_url}{path}", timeout=timeout,
+                                                       proxies=NO_PROXY, **kw), f"POST {path}", poll=poll)
+
+
+def call_watching(server: Server, call: Callable[[], T], what: str, *, poll: float = 0.2) -> T:
+    """`call()` (a request to `server`, e.g. through the backend's VLLMClient, which sets no timeout) in a thread;
+    its result, or ServerDied as soon as the server's log or process tree shows that no answer will come."""
     start = Path(server.log_path).stat().st_size if Path(server.log_path).exists() else 0
     result: dict[str, Any] = {}
 
     def send() -> None:
         try:
-            result["response"] = requests.post(f"{server.base_url}{path}", timeout=timeout, proxies=NO_PROXY, **kw)
+            result["response"] = call()
         except BaseException as exc:  # handed to the caller's thread
             result["error"] = exc
 
@@ -107,7 +118,7 @@ def post_watching(server: Server, path: str, *, timeout: float, poll: float = 0.
             time.sleep(SETTLE)
             log = _log_from(server.log_path, start)
             errors = [line.strip() for line in _EXCEPTION_LINE.findall(log)]
-            raise ServerDied(f"{server.name} died while serving POST {path} (no answer came){how}: "
+            raise ServerDied(f"{server.name} died while serving {what} (no answer came){how}: "
                              f"{' | '.join(dict.fromkeys(errors)) or 'see its log'}\n--- its log since the request "
                              f"---\n{log[-4000:]}")
     if "error" in result:

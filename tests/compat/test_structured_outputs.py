@@ -18,6 +18,7 @@ from packaging.version import Version
 
 from pytest_vllmcompat.backend import SamplingOptions
 from pytest_vllmcompat.testing import reference
+from pytest_vllmcompat.testing.http import call_watching
 from pytest_vllmcompat.testing.reference import MAX_TOKENS, PROMPTS
 
 pytestmark = pytest.mark.vllm_mode("server")
@@ -31,7 +32,7 @@ MIN_MARGIN = 1e-3
 def float32_client(vllm_engine_host, vllm_server_factory, vllm_backend):
     with vllm_server_factory.vllm_serve(name="trl vllm-serve (float32)", extra=("--dtype", "float32")) as server:
         client = vllm_backend.make_client(server.base_url, connection_timeout=10.0)
-        yield client
+        yield server, client
         client.close()
 
 
@@ -53,7 +54,9 @@ def structured_request(how: str, vllm: str) -> SamplingOptions:
 def test_structured_output_regex_on_a_float32_server(float32_client, reference_model, prompt_ids,
                                                      constrained_reference, cell, how):
     _, tokenizer = reference_model
-    out = float32_client.generate(PROMPTS, structured_request(how, cell.vllm))
+    server, client = float32_client
+    # VLLMClient sets no timeout: a server whose worker dies on the request would hang the test, so watch it.
+    out = call_watching(server, lambda: client.generate(PROMPTS, structured_request(how, cell.vllm)), "/generate/")
     assert out.prompt_ids == prompt_ids
     texts = [tokenizer.decode(c, skip_special_tokens=True) for c in out.completion_ids]
     assert all(re.fullmatch(PATTERN, t) for t in texts), texts

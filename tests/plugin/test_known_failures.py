@@ -202,3 +202,18 @@ def test_lane_substitutions_and_measurements_reach_the_report_results_and_gate(p
     md = (pytester.path / "out" / "support.md").read_text()
     assert "server weight sync not exercised on the cpu lane (1 test(s))" in md
     assert "server weight sync not exercised on the cpu lane" in (pytester.path / "out" / "support.html").read_text()
+
+
+def test_an_interrupted_run_is_partial(pytester, monkeypatch):
+    """Ctrl-C or SIGTERM (pytest: KeyboardInterrupt, exit 2): the tests after it never ran, so the result must not
+    stand for the cell (seen: a cell stopped with SIGTERM wrote its complete result name)."""
+    monkeypatch.delenv("VLLMCOMPAT_RESULTS", raising=False)
+    pytester.makeconftest(CELL_CONFTEST)
+    pytester.makepyfile(test_cell="def test_a():\n    pass\n\ndef test_b():\n    raise KeyboardInterrupt\n\n"
+                                  "def test_c():\n    pass\n")
+    results = pytester.path / "results"
+    run = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--vllm-lane=cpu", "--vllm-results", str(results))
+    assert run.ret == 2
+    [path] = results.iterdir()
+    assert path.name == "vllm-0.11.1-tf4-cpu-trl-0.29.1.partial.json"
+    assert json.loads(path.read_text())["selection"]["why_partial"] == ["interrupted"]
