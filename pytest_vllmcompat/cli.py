@@ -62,7 +62,8 @@ def _add_plan_parser(sub: Any) -> None:
 
 def _run_plan(args: argparse.Namespace) -> int:
     try:
-        m, _ = target_matrix(matrix.load(), args.target or matrix.load().default_target)  # the target's cells
+        seed = matrix.load()
+        m, _ = target_matrix(seed, args.target or seed.default_target)  # the target's cells
         cells = [c for c in m.cells(args.lane, args.target)
                  if (not args.vllm or c.vllm in args.vllm) and (not args.transformers or c.transformers in args.transformers)]
         for version in args.vllm or ():

@@ -106,9 +106,11 @@ class _RangeFile(io.RawIOBase):
         self.url, self.size, self.pos = url, size, 0
         self.blocks: dict[int, bytes] = {}
         if not size:
-            head = urllib.request.Request(url, method="HEAD")
-            with urllib.request.urlopen(head, timeout=60) as response:
-                self.size = int(response.headers["Content-Length"])
+            try:
+                with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=60) as response:
+                    self.size = int(response.headers["Content-Length"])
+            except OSError as exc:
+                raise IndexUnavailable(f"cannot read the size of {url} ({exc})") from None
 
     def seekable(self) -> bool:
         return True

@@ -198,13 +198,9 @@ class ResultsWriter:
         if unverified:
             terminalreporter.write_line(f"vllmcompat: {len(unverified)} known failure(s) unverified here (the test "
                                         f"skipped): {', '.join(unverified)}", yellow=True)
-        replaced: dict[str, int] = {}
-        for test in self.collector.tests.values():
-            for what in test.substituted or ():
-                replaced[what] = replaced.get(what, 0) + 1
-        for what, count in replaced.items():
-            terminalreporter.write_line(f"vllmcompat: {what} ({count} test(s) replaced it on this lane; the other "
-                                        "lane runs it for real)", yellow=True)
+        for replaced in schema.substitutions(self.collector.tests.values()):
+            terminalreporter.write_line(f"vllmcompat: {replaced['what']} ({len(replaced['tests'])} test(s) replaced "
+                                        "it on this lane; the other lane runs it for real)", yellow=True)
         if self.path is not None:
             terminalreporter.write_line(f"vllmcompat results: {self.path}")
 

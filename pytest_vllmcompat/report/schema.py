@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -108,12 +109,7 @@ class RunResult:
 
     @property
     def substitutions(self) -> list[dict[str, Any]]:
-        """[{what, tests}] over the tests that declared a substitution, in first-seen order."""
-        found: dict[str, list[str]] = {}
-        for test in self.tests:
-            for what in test.substituted or ():
-                found.setdefault(what, []).append(test.nodeid)
-        return [{"what": what, "tests": tests} for what, tests in found.items()]
+        return substitutions(self.tests)
 
     def to_json(self) -> dict[str, Any]:
         return {"schema": self.schema, "cell": asdict(self.cell), "started": self.started, "finished": self.finished,
@@ -140,6 +136,15 @@ class RunResult:
             raise SchemaError(f"missing key {exc}") from None
         except TypeError as exc:
             raise SchemaError(str(exc)) from None
+
+
+def substitutions(tests: Iterable[TestRecord]) -> list[dict[str, Any]]:
+    """[{what, tests}] over the tests that declared a substitution, in first-seen order."""
+    found: dict[str, list[str]] = {}
+    for test in tests:
+        for what in test.substituted or ():
+            found.setdefault(what, []).append(test.nodeid)
+    return [{"what": what, "tests": names} for what, names in found.items()]
 
 
 def _known(cls: type, node: Any) -> dict[str, Any]:

@@ -44,16 +44,20 @@ class WeightTransportRecord:
     def param(self, name: str, weights: Any) -> None:
         if not self.syncs or name in self.syncs[-1]:  # a name seen again starts the next sync round
             self.syncs.append({})
-        import torch
-
-        raw = weights.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)  # bytes of any dtype (bf16 too)
-        digest = hashlib.sha1(raw.numpy().tobytes()).hexdigest()
-        self.syncs[-1][name] = {"dtype": str(weights.dtype), "shape": list(weights.shape), "sha1": digest}
+        self.syncs[-1][name] = tensor_digest(weights)
 
     def to_json(self) -> dict[str, Any]:
         return {"substituted": SERVER_WEIGHT_SYNC, "init_devices": [str(d) for d in self.init_devices],
                 "world_sizes": self.world_sizes, "syncs": self.syncs, "closes": self.closes,
                 "current_device_calls": self.current_device_calls}
+
+
+def tensor_digest(weights: Any) -> dict[str, Any]:
+    """{dtype, shape, sha1 of the raw bytes}: equal exactly when two tensors hold the same values."""
+    import torch
+
+    raw = weights.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)  # bytes of any dtype (bf16 too)
+    return {"dtype": str(weights.dtype), "shape": list(weights.shape), "sha1": hashlib.sha1(raw.numpy().tobytes()).hexdigest()}
 
 
 def replace_server_weight_transport(client_cls: Any) -> WeightTransportRecord:

@@ -75,9 +75,7 @@ def test_trainer_colocate_trains_and_the_engine_follows(vllm_engine_host, vllm_m
 def skip_unless_transformers_5():
     from importlib.metadata import version
 
-    from packaging.version import Version
-
-    if Version(version("transformers")) < Version("5"):
+    if not transformers_5():
         pytest.skip(f"not applicable: TRL refuses tools below transformers 5 ('Using tools with GRPOTrainer requires "
                     f"transformers version 5.0.0 or higher'; installed {version('transformers')})")
 
@@ -179,6 +177,18 @@ def transformers_5() -> bool:
     return Version(version("transformers")) >= Version("5")
 
 
+@pytest.fixture
+def server_run_summary(server_trainer_outcomes, vllmcompat_context, vllm_lane_substitute, vllm_measure):
+    """summary(name, measure=False): that server run's summary (skips or fails as the run did); on the CPU lane the
+    test declares first that the weight transport was replaced."""
+    def summary(name: str, measure: bool = False) -> dict:
+        if vllmcompat_context.lane == "cpu":
+            vllm_lane_substitute(SERVER_WEIGHT_SYNC)
+        return server_summary(server_trainer_outcomes, name, vllm_measure if measure else None)
+
+    return summary
+
+
 def server_summary(outcomes: dict, name: str, measure=None) -> dict:
     outcome = outcomes[name]
     if measure is not None:  # where a cell's time goes (issue: a cell costs its engines)
@@ -229,34 +239,26 @@ def check_server_run(summary: dict, backend, lane: str, chat: bool) -> None:
 @server
 @pytest.mark.parametrize("dataset", ["plain", "chat"])
 @pytest.mark.parametrize("trainer", ["grpo", "rloo"])
-def test_trainer_server_sends_its_settings_and_pushes_trained_weights(server_trainer_outcomes, vllm_backend,
-                                                                      vllmcompat_context, vllm_lane_substitute,
-                                                                      vllm_measure, trainer, dataset):
-    if vllmcompat_context.lane == "cpu":
-        vllm_lane_substitute(SERVER_WEIGHT_SYNC)
-    summary = server_summary(server_trainer_outcomes, f"{trainer}-{dataset}", vllm_measure)
+def test_trainer_server_sends_its_settings_and_pushes_trained_weights(server_run_summary, vllm_backend,
+                                                                      vllmcompat_context, trainer, dataset):
+    summary = server_run_summary(f"{trainer}-{dataset}", measure=True)
     check_server_run(summary, vllm_backend, vllmcompat_context.lane, chat=dataset == "chat")
 
 
 @server
-def test_grpo_with_tools_server(server_trainer_outcomes, vllm_backend, vllmcompat_context, vllm_lane_substitute):
+def test_grpo_with_tools_server(server_run_summary, vllm_backend, vllmcompat_context):
     """GRPOTrainer(tools=[get_time]) in server mode (the tiny model never emits a tool call, so this is the
     tool-enabled generation path; TRL's tool loop refuses server mode only once a call appears)."""
     skip_unless_transformers_5()
-    if vllmcompat_context.lane == "cpu":
-        vllm_lane_substitute(SERVER_WEIGHT_SYNC)
-    summary = server_summary(server_trainer_outcomes, "grpo-tools")
+    summary = server_run_summary("grpo-tools")
     check_server_run(summary, vllm_backend, vllmcompat_context.lane, chat=True)
 
 
 @server
-def test_grpo_server_evaluation_uses_num_generations_eval(server_trainer_outcomes, vllmcompat_context,
-                                                          vllm_lane_substitute):
+def test_grpo_server_evaluation_uses_num_generations_eval(server_run_summary):
     """`num_generations_eval` replaces num_generations in eval mode: trainer.evaluate() after training sends the
     eval prompt once with n=2 (GRPOTrainer._generate_single_turn), at the trainer's temperature and length."""
-    if vllmcompat_context.lane == "cpu":
-        vllm_lane_substitute(SERVER_WEIGHT_SYNC)
-    summary = server_summary(server_trainer_outcomes, "grpo-plain")
+    summary = server_run_summary("grpo-plain")
     gens = [r for r in summary["eval_requests"] if r["path"] in ("/generate/", "/chat/")]
     assert gens, f"evaluate() sent no generation request: {[r['path'] for r in summary['eval_requests']]}"
     for r in gens:
@@ -265,14 +267,12 @@ def test_grpo_server_evaluation_uses_num_generations_eval(server_trainer_outcome
 
 
 @server
-def test_grpo_server_chat_template_kwargs_reach_the_template(server_trainer_outcomes, vllm_backend, vllm_model_dir,
-                                                             vllmcompat_context, vllm_lane_substitute):
+def test_grpo_server_chat_template_kwargs_reach_the_template(server_run_summary, vllm_backend, vllm_model_dir,
+                                                             vllmcompat_context):
     """`chat_template_kwargs={"greeting": "Hi"}` with a trainer-side template that prints `greeting`:
     0.29.1 applies it in the trainer (the token ids sent start with "Hi"); 0.28.0/0.29.0 send it with the
     messages to /chat/ for the server's LLM.chat (the request carries it unchanged)."""
-    if vllmcompat_context.lane == "cpu":
-        vllm_lane_substitute(SERVER_WEIGHT_SYNC)
-    summary = server_summary(server_trainer_outcomes, "grpo-chat-kwargs")
+    summary = server_run_summary("grpo-chat-kwargs")
     check_server_run(summary, vllm_backend, vllmcompat_context.lane, chat=True)
     gens = [r for r in summary["requests"] if r["path"] in ("/generate/", "/chat/")]
     if vllm_backend.token_id_prompts:

@@ -211,20 +211,17 @@ def record_requests(base_url):
     return sent
 
 
-def server_greedy(trainer, tokenizer):
+def server_greedy(trainer):
     client = trainer.vllm_generation.vllm_client
-    prompts = PROMPTS[:4]
-    out = client.generate(prompts=prompts, n=1, temperature=0.0, max_tokens=MAX_COMPLETION)
+    out = client.generate(prompts=PROMPTS[:4], n=1, temperature=0.0, max_tokens=MAX_COMPLETION)
     return out["completion_ids"]
 
 
 def param_digests(model):
-    from pytest_vllmcompat.testing.lane_substitutes import WeightTransportRecord
+    """{name: digest} of the model's parameters, as the replaced transport records what it is sent."""
+    from pytest_vllmcompat.testing.lane_substitutes import tensor_digest
 
-    record = WeightTransportRecord()
-    for name, param in model.named_parameters():
-        record.param(name, param.data)
-    return record.syncs[0]
+    return {name: tensor_digest(param.data) for name, param in model.named_parameters()}
 
 
 def server_run(spec, run, sent, transport):
@@ -240,7 +237,7 @@ def server_run(spec, run, sent, transport):
     else:
         address = dict(vllm_server_base_url=spec["base_url"])
     trainer, model, tokenizer = build_trainer(spec, run, "server", vllm_server_timeout=60, **address)
-    greedy_before = server_greedy(trainer, tokenizer) if not transport else None
+    greedy_before = server_greedy(trainer) if not transport else None
     hf_before = param_digests(trainer.model)
     result = trainer.train()
     trainer.vllm_generation.sync_weights()  # what the next step would do: push the trained weights
@@ -261,7 +258,7 @@ def server_run(spec, run, sent, transport):
     if transport:
         summary["transport"] = pushed
     else:  # CUDA lane: the weights really went over NCCL; the server must now generate with them
-        summary["greedy_changed_after_sync"] = server_greedy(trainer, tokenizer) != greedy_before
+        summary["greedy_changed_after_sync"] = server_greedy(trainer) != greedy_before
     return summary
 
 
