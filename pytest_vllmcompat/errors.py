@@ -36,6 +36,10 @@ class IndexUnavailable(VllmcompatError, RuntimeError):
     """The package index could not be read (a derived matrix, a wheel's metadata)."""
 
 
+class RuntimeUnavailable(VllmcompatError, RuntimeError):
+    """A CPU-lane cell needs a newer C/C++ runtime and it cannot be obtained or entered here (says what to do)."""
+
+
 class BackendIncompatible(VllmcompatError, RuntimeError):
     """No adapter fits the installed backend (the message names the version, its location and what is missing)."""
 

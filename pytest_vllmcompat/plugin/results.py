@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from .. import host
+from ..install import engine_route
 from ..install import installed as cellinfo
 from ..matrix import target_label
 from ..report import schema
@@ -249,5 +250,6 @@ def cell_record(ctx: Context) -> schema.CellRecord:
         target_label=target_label(ctx.target), backend=backend, backend_version=cellinfo.installed(backend),
         matrix_cell=ctx.cell is not None, matrix_problem=ctx.matrix_problem, modes=list(ctx.modes),
         host=schema.HostRecord(name=socket.gethostname(), os=host.host_description(),
-                               glibcxx=".".join(map(str, level)) if level else None, gpus=host.gpu_count()),
+                               glibcxx=".".join(map(str, level)) if level else None, gpus=host.gpu_count(),
+                               engine=engine_route.description(with_loader=False)),
     )

@@ -95,3 +95,22 @@ def tree(root: int) -> list[int]:
             found.append(pid)
         todo.extend(children.get(pid, ()))
     return found
+
+
+def mapped_files(pid: int | str = "self") -> list[str]:
+    """Paths of the files mapped into a process (its shared objects among them), in map order; [] when gone."""
+    try:
+        lines = Path(f"/proc/{pid}/maps").read_text().splitlines()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return []
+    seen: dict[str, None] = {}
+    for line in lines:
+        parts = line.split(maxsplit=5)
+        if len(parts) == 6 and parts[5].startswith("/"):
+            seen.setdefault(parts[5].removesuffix(" (deleted)"), None)
+    return list(seen)
+
+
+def mapped_library(pid: int | str, soname_prefix: str) -> str | None:
+    """The mapped file of a process whose name starts with `soname_prefix` (e.g. "libc.so."), or None."""
+    return next((p for p in mapped_files(pid) if Path(p).name.startswith(soname_prefix)), None)

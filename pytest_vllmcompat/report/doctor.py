@@ -1,7 +1,7 @@
 """`python -m pytest_vllmcompat doctor`: what this host is, and which lanes and cells can run here.
 
-Reuses the checks the plugin itself applies (`host.engine_blocker`), so the
-doctor's verdict is the one the cells will reach. Cheap: no vLLM, no torch.
+Reuses the checks the plugin and the install plans apply (`install.engine_route`), so the doctor's verdict and
+each cell's route (native, host build, newer runtime) are the ones the cells will take. Cheap: no vLLM, no torch.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import subprocess
 from pathlib import Path
 
 from .. import host, matrix
+from ..install import engine_route
 from ..install.plan import TARGET_ENV
 
 GIB = 1024**3
@@ -102,7 +103,7 @@ def host_lines(m: matrix.Matrix | None, gpus: int) -> list[str]:
 
 def lane_lines(m: matrix.Matrix, lane: str, auto_lane: str) -> list[str]:
     cells = m.cells(lane)
-    blockers = {c: host.engine_blocker(m, c) for c in cells}
+    blockers = {c: engine_route.engine_blocker(m, c) for c in cells}
     runnable = [c for c in cells if blockers[c] is None]
     width = max(len(c.session) for c in cells) + 2
     if lane == "cuda":
@@ -121,6 +122,8 @@ def lane_lines(m: matrix.Matrix, lane: str, auto_lane: str) -> list[str]:
         blocker = blockers[c]
         if blocker:
             out.append(f"            why: {blocker.split(': ', 1)[-1]}")
+        else:
+            out.append(f"            how: {engine_route.route(m, c).detail}")
     return out
 
 

@@ -49,7 +49,7 @@ def startup(r: CellResult, kind: str) -> str:
 def run_row(r: CellResult) -> list[str]:
     c = r.cell
     return [c.session + (" (partial)" if r.partial else ""), c.lane, c.target_label, c.backend_version or "-",
-            c.torch or "-", c.transformers or "-", f"{c.host.os} ({c.host.name})", startup(r, "colocate_engine"),
+            c.torch or "-", c.transformers or "-", f"{c.host.os} ({c.host.name})" + (f"; {c.host.engine}" if c.host.engine else ""), startup(r, "colocate_engine"),
             startup(r, "server"), f"{r.data.duration:.1f}s"]
 
 

@@ -4,7 +4,7 @@ Schema (version 1)::
 
     {"schema": 1, "cell": {session, vllm, vllm_description, transformers_line, transformers, torch, lane,
      target, target_label, backend, backend_version, matrix_cell, matrix_problem, modes,
-     host: {name, os, glibcxx, gpus}},
+     host: {name, os, glibcxx, gpus, engine}},
      "started", "finished", "duration", "exit_status",
      "counts": {passed, failed, skipped, xfailed, xpassed, error},
      "startup": {"colocate_engine": [s, ...], "server": [s, ...]},
@@ -46,6 +46,7 @@ class HostRecord:
     os: str
     glibcxx: str | None
     gpus: int
+    engine: str | None = None  # how the cell's engine ran on this host (install/engine_route.description)
 
 
 @dataclass

@@ -27,6 +27,7 @@ from pathlib import Path
 import gpu_helpers as gh
 import pytest
 
+from pytest_vllmcompat.install import engine_route
 from pytest_vllmcompat.process.childenv import child_env
 from pytest_vllmcompat.testing.lane_substitutes import SERVER_WEIGHT_SYNC
 
@@ -164,9 +165,10 @@ def server_trainer_outcomes(vllmcompat_context, trainer_server, vllm_model_dir, 
                           timeout=TIMEOUT, cwd=out)
     assert proc.returncode == 0, (f"the server-mode trainer runs failed after {time.monotonic() - started:.0f} s "
                                   f"(exit {proc.returncode}) against {server.base_url}:\n{proc.stderr[-4000:]}")
-    outcomes = json.loads(proc.stdout.strip().splitlines()[-1])["outcomes"]
+    printed = json.loads(proc.stdout.strip().splitlines()[-1])
     child_seconds = round(time.monotonic() - started, 1)  # imports (trl, vllm, torch) + every run
-    return {name: {**outcome, "child_seconds": child_seconds} for name, outcome in zip(wanted, outcomes)}
+    return {name: {**outcome, "child_seconds": child_seconds, "libc": printed["libc"]}
+            for name, outcome in zip(wanted, printed["outcomes"])}
 
 
 def transformers_5() -> bool:
@@ -255,6 +257,13 @@ def test_grpo_with_tools_server(server_run_summary, vllm_backend, vllmcompat_con
 
 
 @server
+def test_the_trainer_child_runs_on_the_cells_runtime(server_trainer_outcomes):
+    """The server-mode trainer child (sys.executable, torch and trl imported) maps the cell's C library: the newer
+    runtime's where the cell entered one (tests/compat/test_engine_runtime.py checks the other processes)."""
+    seen = {outcome["libc"] for outcome in server_trainer_outcomes.values()}
+    assert {str(Path(p).resolve()) for p in seen} == {str(engine_route.cell_libc())}
+
+
 def test_grpo_server_evaluation_uses_num_generations_eval(server_run_summary):
     """`num_generations_eval` replaces num_generations in eval mode: trainer.evaluate() after training sends the
     eval prompt once with n=2 (GRPOTrainer._generate_single_turn), at the trainer's temperature and length."""

@@ -295,7 +295,10 @@ def server_main(spec):
             outcomes.append({"run": run, "skip": str(exc)})
         except Exception:
             outcomes.append({"run": run, "error": traceback.format_exc(), "server_log": log_since(spec, log_offset)})
-    print(json.dumps({"trl": trl.__version__, "outcomes": outcomes}), flush=True)
+    from pytest_vllmcompat.process import procfs  # after torch and trl: the libc every library was loaded with
+
+    print(json.dumps({"trl": trl.__version__, "outcomes": outcomes, "libc": procfs.mapped_library("self", "libc.so.")}),
+          flush=True)
     os._exit(0)
 
 

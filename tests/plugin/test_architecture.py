@@ -17,8 +17,8 @@ MAX_LINES = 300
 ALLOWED = {
     "errors": set(),
     "matrix": {"errors"},
-    "host": {"errors", "matrix"},
-    "install": {"errors", "matrix", "host"},
+    "host": {"errors", "matrix", "process"},
+    "install": {"errors", "matrix", "host", "process"},
     "process": {"errors"},
     "backend": {"errors", "process"},
     "testing": {"errors", "process", "backend"},

