@@ -22,6 +22,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tarfile
 from pathlib import Path
 
@@ -37,6 +38,21 @@ READY_FILE = "vllmcompat-ready.json"
 # same soname (e.g. from torch, whose RUNPATH would otherwise lead to the system's copies) reuses them.
 PRELOADED = ("libstdc++.so.6", "libgcc_s.so.1", "libm.so.6", "libpthread.so.0", "libdl.so.2", "librt.so.1",
              "libutil.so.1")
+# glibc 2.41 stopped letting dlopen() make the stack executable; a library that asks for one fails to load
+# ("cannot enable executable stack"). IPEX 2.6.0's libintel-ext-pt-cpu.so (vLLM 0.10.2's cells) asks, and every
+# older glibc, i.e. every host where that build loads natively, grants it. This tunable restores that behaviour.
+TUNABLE = "glibc.rtld.execstack=2"
+# Tunables are read when a process starts, so the cell's site-packages gets a startup hook (.pth) that, in a
+# process started without the tunable, adds it and re-executes itself (same pid, same argv): pytest, console
+# scripts and children started with sys.executable all start on the runtime with it; their children inherit it.
+STARTUP_MODULE = "_vllmcompat_cpu_runtime"
+STARTUP_CODE = f"""# Written by pytest-vllmcompat (install/cpu_runtime.py): see TUNABLE there.
+import os, sys
+_have = os.environ.get("GLIBC_TUNABLES", "")
+if "{TUNABLE}" not in _have.split(":"):
+    os.environ["GLIBC_TUNABLES"] = ":".join(filter(None, [_have, "{TUNABLE}"]))
+    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+"""
 WHAT_TO_DO = (f"set {RUNTIME_DIR_ENV} to a folder where those packages are unpacked (dpkg-deb -x), or run the "
               "cell on a host with a newer C library (Debian 13, Ubuntu 24.04)")
 
@@ -143,6 +159,10 @@ def unpack_deb(deb: Path, into: Path) -> None:
     raise RuntimeUnavailable(f"{deb}: no data.tar member")
 
 
+def _site_packages(prefix: Path) -> Path:
+    return Path(sysconfig.get_path("purelib", vars={"base": str(prefix), "platbase": str(prefix)}))
+
+
 def write_record(prefix: Path, entry: dict) -> None:
     (prefix / RECORD_FILE).write_text(json.dumps(entry, indent=1))
 
@@ -177,6 +197,9 @@ def enter(prefix: Path, runtime: CpuRuntime, root: Path, note: dict | None = Non
         tmp.unlink(missing_ok=True)
         raise RuntimeUnavailable(f"`{' '.join(argv)}` exited {done.returncode}: {done.stderr.strip()[-800:]}")
     os.replace(tmp, python)  # python3, python3.X are symlinks to it
+    site = _site_packages(prefix)
+    (site / f"{STARTUP_MODULE}.py").write_text(STARTUP_CODE)
+    (site / f"{STARTUP_MODULE}.pth").write_text(f"import {STARTUP_MODULE}\n")
     have = levels(root)
     glibc = subprocess.run([str(python), "-c", "import os; print(os.confstr('CS_GNU_LIBC_VERSION'))"],
                            capture_output=True, text=True, timeout=120)
@@ -187,7 +210,7 @@ def enter(prefix: Path, runtime: CpuRuntime, root: Path, note: dict | None = Non
     ready = json.loads((root / READY_FILE).read_text()) if (root / READY_FILE).is_file() else {}
     entered = {"runtime": runtime.name, "root": str(root), "loader": str(loader(root)), "interpreter": str(python),
                "base_interpreter": str(base), "glibc": dotted(have["GLIBC"]), "glibcxx": dotted(have["GLIBCXX"]),
-               "packages": ready.get("packages", {}), **(note or {})}
+               "packages": ready.get("packages", {}), "tunables": TUNABLE, **(note or {})}
     write_record(prefix, entered)
     return entered
 
@@ -204,5 +227,7 @@ def leave(prefix: Path, base: Path | None = None) -> str:
     tmp.unlink(missing_ok=True)
     tmp.symlink_to(base)
     os.replace(tmp, python)
+    for suffix in (".py", ".pth"):
+        (_site_packages(prefix) / f"{STARTUP_MODULE}{suffix}").unlink(missing_ok=True)
     (prefix / RECORD_FILE).unlink(missing_ok=True)
     return f"{python} -> {base} again"

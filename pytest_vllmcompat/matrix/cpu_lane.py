@@ -36,9 +36,10 @@ class CpuPins:
     torchvision: str
     torchaudio: str
     triton: str
-    needs_glibcxx: str  # libstdc++ symbol level that vllm/_C needs on the host
-    needs_glibc: str  # glibc symbol level that vllm/_C needs on the host
+    needs_glibcxx: str  # libstdc++ symbol level that vllm/_C needs on the host ("": unknown until installed)
+    needs_glibc: str  # glibc symbol level that vllm/_C needs on the host ("": unknown until installed)
     host_builds: tuple[HostBuild, ...] = ()
+    vllm: str = ""  # the build's requirement where the lane's spec does not apply (derived pins)
 
 
 @dataclass(frozen=True)

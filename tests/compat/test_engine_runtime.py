@@ -31,6 +31,7 @@ def test_this_process_runs_on_the_cells_runtime(cell):
         assert mine.is_relative_to(root), f"the runtime {entered['runtime']} was entered, yet libc is {mine}"
         assert os.confstr("CS_GNU_LIBC_VERSION") == f"glibc {entered['glibc']}"
         assert Path(procfs.mapped_library("self", "ld-linux") or "").resolve().is_relative_to(root)
+        assert cpu_runtime.TUNABLE in os.environ.get("GLIBC_TUNABLES", "").split(":")  # set by the startup hook
     else:
         assert not mine.is_relative_to(harness_cache() / "runtimes"), f"no runtime recorded, yet libc is {mine}"
 

