@@ -14,13 +14,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import VllmcompatError
+from ..install.target_range import target_matrix
 from ..matrix import LANES, Matrix, target_label
 from . import page, render
 from .verdict import XPASS_STRICT, CellResult, Key, Verdict, key_label, load_results, run_command
 
 
-def evaluate(matrix: Matrix, found: list[CellResult], lanes: list[str], targets: list[str], require: str) -> Verdict:
+def evaluate(matrix: Matrix, found: list[CellResult], lanes: list[str], targets: list[str], require: str,
+             cells_of: dict[str, Matrix] | None = None) -> Verdict:
+    """`cells_of`: target label -> the matrix of that target's cells (a later release's own declared range,
+    install/target_range.py); a target not in it has the seed matrix's cells."""
     labels = [target_label(t) for t in targets]
+    cells_of = cells_of or {}
     results: dict[Key, CellResult] = {}
     partials: dict[Key, CellResult] = {}
     others: list[CellResult] = []
@@ -41,7 +47,8 @@ def evaluate(matrix: Matrix, found: list[CellResult], lanes: list[str], targets:
     asked = [(lane, label) for lane in lanes for label in labels]
     present = [(k[2], k[3]) for k in [*results, *partials]]
     groups = list(dict.fromkeys(asked + sorted(present, key=lambda g: (LANES.index(g[0]) if g[0] in LANES else 9, g[1]))))
-    required = [(v, t, lane, label) for lane, label in asked for v in matrix.vllm_versions for t in matrix.transformers]
+    required = [(v, t, lane, label) for lane, label in asked
+                for m in [cells_of.get(label, matrix)] for v in m.vllm_versions for t in m.lines(v)]
     missing = [k for k in required if k not in results]
     if require == "present":
         required = [k for k in required if k in results or k in partials]
@@ -82,7 +89,12 @@ def run(matrix: Matrix, results_dir: Path, out_dir: Path, lanes: list[str], targ
     lanes = list(LANES) if "all" in lanes or not lanes else lanes
     targets = list(matrix.targets) if "all" in targets else (targets or [matrix.default_target])
     found, notes = load_results(results_dir)
-    verdict = evaluate(matrix, found, lanes, targets, require)
+    try:  # each target's own cells (the seed matrix's targets ask no index)
+        cells_of = {target_label(t): target_matrix(matrix, t)[0] for t in targets}
+    except VllmcompatError as exc:
+        print(f"error: {exc}")
+        return 2
+    verdict = evaluate(matrix, found, lanes, targets, require, cells_of)
     verdict.notes[:0] = notes
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "support.md").write_text(render.markdown(matrix, verdict, lanes, targets, require))

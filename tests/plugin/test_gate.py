@@ -269,3 +269,23 @@ def test_xdist_controller_writes_one_result_with_workers_reports(pytester, monke
     data = json.loads(path.read_text())
     assert data["counts"] == {"passed": 1, "failed": 2, "skipped": 1, "xfailed": 1, "xpassed": 0, "error": 1}
     assert data["startup"] == {"colocate_engine": [12.5]}  # recorded in a worker, carried to the controller
+
+
+def test_a_later_release_is_gated_on_its_own_declared_cells(tmp_path):
+    """A target outside the seed matrix requires the cells of its declared range (install/target_range.py), with
+    only the transformers lines each release accepts; the seed matrix's cells are not asked of it."""
+    import dataclasses
+
+    from pytest_vllmcompat.report import gate as gate_module
+    from pytest_vllmcompat.report.verdict import load_results
+
+    later = dataclasses.replace(MATRIX, vllm_versions=("0.22.0", "0.23.0"), cell_lines={"0.22.0": ("4", "5"),
+                                                                                      "0.23.0": ("5",)})
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "a.json").write_text(json.dumps(result("0.22.0", "5", target="trl==1.16.0")))
+    found, _ = load_results(tmp_path / "r")
+    verdict = gate_module.evaluate(MATRIX, found, ["cpu"], ["trl==1.16.0"], "all", {"trl==1.16.0": later})
+    assert verdict.required == [("0.22.0", "4", "cpu", "trl==1.16.0"), ("0.22.0", "5", "cpu", "trl==1.16.0"),
+                                ("0.23.0", "5", "cpu", "trl==1.16.0")]
+    assert [p.split(":")[0] for p in verdict.problems] == ["MISSING  vllm-0.22.0(tf4) cpu trl==1.16.0",
+                                                          "MISSING  vllm-0.23.0(tf5) cpu trl==1.16.0"]
