@@ -74,9 +74,11 @@ class ColocateGenerator:
             out = vg.generate(rows, None, num_generations=s.n)
         else:
             out = vg.generate(rows, num_generations=s.n)
-        if len(out) == 5:
+        if len(out) == 5:  # 0.29.x: (..., logprob_token_ids, extra_fields)
             prompt_ids, completion_ids, logprobs, logprob_ids, _ = out
-        elif len(out) == 4:
+        elif len(out) == 4 and b.supports_logprobs_option:  # 1.x: extra_fields dropped
+            prompt_ids, completion_ids, logprobs, logprob_ids = out
+        elif len(out) == 4:  # 0.28.0: (..., logprobs, extra)
             (prompt_ids, completion_ids, logprobs, _), logprob_ids = out, None
         else:
             raise BackendIncompatible(f"TRL {b.version}: VLLMGeneration.generate returned a {len(out)}-tuple")

@@ -1,12 +1,14 @@
 """Thin adapter over TRL's vLLM generation API, so tests are written once.
 
-Covers TRL 0.28.0, 0.29.0, 0.29.1 and local checkouts. The adapter is chosen by feature detection
-(signatures of `VLLMGeneration` / `VLLMClient`), not by version number:
+Covers TRL 0.28.0 - 1.10 (the releases with TRL's own server endpoints) and local checkouts. The adapter is
+chosen by feature detection (signatures of `VLLMGeneration` / `VLLMClient`), not by version number:
 
   VLLMGeneration.generate(prompts, num_generations)          text/chat prompts       (0.28.0, 0.29.0)
   VLLMGeneration.generate(prompts, images, num_generations)  token-id prompts        (0.29.1)
   returns (prompt_ids, completion_ids, logprobs, extra)       logprobs[i][t] = float  (0.28.0)
   returns (..., logprobs, logprob_token_ids, extra)           logprobs[i][t] = [rank-sorted floats] (0.29.x)
+  returns (..., logprobs, logprob_token_ids)                  extra_fields dropped                  (1.x)
+  VLLMGeneration(is_fsdp_enabled=...)                         up to 1.x; passed only where accepted
   VLLMGeneration(logprobs=...), VLLMClient.generate(logprobs=...)  only 0.29.x
 
 Nothing heavy is imported at module import: torch/trl/vllm/transformers are imported inside functions.
@@ -29,7 +31,7 @@ from .serve import serve_argv
 from .settings import CPU_ENGINE_ENV
 
 # Constructor arguments of VLLMGeneration this adapter relies on.
-_REQUIRED_INIT = ("model", "accelerator", "is_fsdp_enabled", "processing_class", "mode", "max_model_length",
+_REQUIRED_INIT = ("model", "accelerator", "processing_class", "mode", "max_model_length",
                   "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "max_completion_length",
                   "generation_kwargs", "structured_outputs_regex")
 _REQUIRED_CLIENT = ("prompts", "n", "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "max_tokens",
@@ -93,8 +95,9 @@ class Backend(Release):
                 # TRL's ensure_master_addr_port() keeps existing values: give each engine a fresh rendezvous port.
                 os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(rendezvous_port())
             try:
-                vg = VLLMGeneration(model, accelerator, is_fsdp_enabled=False, processing_class=tokenizer,
-                                    mode="colocate", max_model_length=max_model_length, **vllm_generation_kwargs)
+                fsdp = {"is_fsdp_enabled": False} if "is_fsdp_enabled" in self.init_params else {}  # gone in 1.x
+                vg = VLLMGeneration(model, accelerator, processing_class=tokenizer, mode="colocate",
+                                    max_model_length=max_model_length, **fsdp, **vllm_generation_kwargs)
             except Exception as exc:  # the port was taken between probe and bind: retry with a new one
                 if attempt == 2 or "EADDRINUSE" not in str(exc):
                     raise

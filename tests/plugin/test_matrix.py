@@ -125,3 +125,12 @@ def test_version_strings_are_validated(tmp_path):
     path = write(tmp_path, REAL.replace('vllm = ["0.10.2", "0.11.0",', 'vllm = ["0.10.2", "0.11.x",', 1))
     with pytest.raises(matrix.MatrixError, match=r"\[matrix\.vllm\[1\]\] '0\.11\.x' is not a release version"):
         matrix.load(path)
+
+
+def test_a_later_release_may_declare_known_failures_of_its_own_cells(tmp_path):
+    """trl==1.16.0 is no seed target, but its cells (its declared range, vLLM 0.22.0 - 0.31.0) are real."""
+    path = write(tmp_path, REAL + '\n[[known_failures]]\nvllm = "0.22.0"\ntarget = "trl==1.16.0"\ntest = "a"\n'
+                 'cause = "c"\nmatch = "m"\n')
+    kf = matrix.load(path).known_failures[-1]
+    assert kf.applies_to(matrix.Cell("0.22.0", "5", "cpu", "trl==1.16.0"), "a")
+    assert not kf.applies_to(matrix.Cell("0.22.0", "5", "cpu", "trl==1.0.0"), "a")
