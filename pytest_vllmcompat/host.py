@@ -18,6 +18,7 @@ from .process import procfs
 
 LANE_ENV = "VLLMCOMPAT_LANE"
 CUDA_VISIBLE_ENV = "CUDA_VISIBLE_DEVICES"
+XDIST_WORKER_ENV, XDIST_WORKERS_ENV = "PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT"
 LIBSTDCXX_CANDIDATES = (
     "/usr/lib/x86_64-linux-gnu/libstdc++.so.6",
     "/lib/x86_64-linux-gnu/libstdc++.so.6",
@@ -130,14 +131,17 @@ def symbol_levels(shared_object: Path) -> dict[str, tuple[int, ...]]:
     return needs
 
 
-def pin_gpu_for_worker(worker_id: str | None, gpu_count: int) -> str | None:
-    """CUDA_VISIBLE_DEVICES for pytest-xdist worker `gwN`: one GPU each, round robin (N mod gpu_count).
-    None for the controller (no/other worker id) or when there are no GPUs."""
+def pin_gpu_for_worker(worker_id: str | None, gpu_count: int, workers: int | None = None) -> str | None:
+    """CUDA_VISIBLE_DEVICES for pytest-xdist worker `gwK` of `workers`: a block of gpu_count // workers GPUs each
+    (at least one; K*block ... K*block+block-1), so that with -n 2 on 4 GPUs every worker has 2 and the 2-GPU tests
+    run; with more workers than GPUs one each, round robin (K mod gpu_count). None for the controller (no/other
+    worker id) or when there are no GPUs."""
     match = re.fullmatch(r"gw(\d+)", worker_id or "")
     if match is None or gpu_count <= 0:
         return None
-    return str(int(match.group(1)) % gpu_count)
-
+    k = int(match.group(1))
+    block = max(1, gpu_count // workers) if workers else 1
+    return ",".join(str((k * block + i) % gpu_count) for i in range(block))
 
 
 def gpu_skip_reason(lane: str, needed: int, have: int | None = None) -> str | None:
@@ -150,5 +154,9 @@ def gpu_skip_reason(lane: str, needed: int, have: int | None = None) -> str | No
     if have < needed:
         visible = os.environ.get(CUDA_VISIBLE_ENV)
         shown = f" ({CUDA_VISIBLE_ENV}={visible})" if visible is not None else ""
+        worker, workers = os.environ.get(XDIST_WORKER_ENV), os.environ.get(XDIST_WORKERS_ENV, "")
+        if worker and workers.isdigit():  # the pinning gave this worker a block of the GPUs
+            shown += (f"; pytest-xdist worker {worker} of {workers} gets a block of the GPUs: run with -n "
+                      f"{max(1, int(workers) * have // needed)} or fewer (or without -n) to run it")
         return f"cuda lane: needs {needed} NVIDIA {plural}; {have} visible{shown}"
     return None

@@ -45,7 +45,7 @@ MARKERS = (
     "engine: needs a vLLM engine (added to tests that use vllm_engine_host)",
     "backend: imports the backend's vLLM modules (added to tests that use vllm_backend)",
 )
-XDIST_WORKER_ENV = "PYTEST_XDIST_WORKER"
+XDIST_WORKER_ENV = host.XDIST_WORKER_ENV
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -65,12 +65,13 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def _pin_gpu_for_xdist_worker(lane: str) -> None:
-    """CUDA lane under xdist: worker gwN sees one GPU (N mod count), set before anything initializes CUDA.
-    A CUDA_VISIBLE_DEVICES set by the user wins."""
+    """CUDA lane under xdist: worker gwK sees its block of the GPUs (host.pin_gpu_for_worker), set before anything
+    initializes CUDA. A CUDA_VISIBLE_DEVICES set by the user wins."""
     worker = os.environ.get(XDIST_WORKER_ENV)
     if lane != "cuda" or not worker or host.CUDA_VISIBLE_ENV in os.environ:
         return
-    pinned = host.pin_gpu_for_worker(worker, host.gpu_count())
+    workers = os.environ.get(host.XDIST_WORKERS_ENV, "")
+    pinned = host.pin_gpu_for_worker(worker, host.gpu_count(), int(workers) if workers.isdigit() else None)
     if pinned is not None:
         os.environ[host.CUDA_VISIBLE_ENV] = pinned
 

@@ -119,6 +119,23 @@ def test_pin_gpu_for_worker(worker, gpus, expected):
     assert host.pin_gpu_for_worker(worker, gpus) == expected
 
 
+@pytest.mark.parametrize("worker, gpus, workers, expected", [
+    ("gw0", 4, 2, "0,1"), ("gw1", 4, 2, "2,3"), ("gw3", 8, 4, "6,7"), ("gw1", 3, 2, "1"), ("gw2", 2, 3, "0"),
+    ("gw0", 8, 2, "0,1,2,3")])
+def test_pin_gpu_blocks_so_multi_gpu_tests_run_under_xdist(worker, gpus, workers, expected):
+    """-n 2 on a 4-GPU runner: each worker has 2 GPUs, so the 2-GPU tests run there (not skipped because of -n)."""
+    assert host.pin_gpu_for_worker(worker, gpus, workers) == expected
+
+
+def test_a_multi_gpu_skip_under_xdist_says_how_many_workers_fit(monkeypatch):
+    monkeypatch.setenv(host.CUDA_VISIBLE_ENV, "3")
+    monkeypatch.setenv(host.XDIST_WORKER_ENV, "gw3")
+    monkeypatch.setenv(host.XDIST_WORKERS_ENV, "4")
+    assert host.gpu_skip_reason("cuda", 2, have=1) == (
+        "cuda lane: needs 2 NVIDIA GPUs; 1 visible (CUDA_VISIBLE_DEVICES=3); pytest-xdist worker gw3 of 4 gets a "
+        "block of the GPUs: run with -n 2 or fewer (or without -n) to run it")
+
+
 SHOW_VISIBLE = """
 import os
 
