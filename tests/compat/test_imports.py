@@ -31,6 +31,8 @@ def test_server_binds_the_structured_output_class_the_installed_vllm_provides(ce
     import vllm.sampling_params as sp
 
     serve = importlib.import_module("trl.scripts.vllm_serve")
+    bound_at_import(serve, ("GuidedDecodingParams", "StructuredOutputsParams"),
+                    "test_structured_outputs.py checks the server's structured outputs end to end")
     chosen, other = (("GuidedDecodingParams", "StructuredOutputsParams") if Version(cell.vllm) <= Version("0.10.2")
                      else ("StructuredOutputsParams", "GuidedDecodingParams"))
     assert hasattr(sp, chosen), f"vLLM {cell.vllm} has no vllm.sampling_params.{chosen}"
@@ -38,10 +40,18 @@ def test_server_binds_the_structured_output_class_the_installed_vllm_provides(ce
     assert not hasattr(serve, other)
 
 
+def bound_at_import(module, names: tuple[str, ...], covered_by: str) -> None:
+    """TRL 1.x imports these inside the functions that use them: then there is no import-time binding to check."""
+    if not any(hasattr(module, name) for name in names):
+        pytest.skip(f"not applicable: this TRL's {module.__name__} binds none of {', '.join(names)} at import "
+                    f"(it imports them where they are used); {covered_by}")
+
+
 @pytest.mark.backend
 def test_server_binds_get_open_port_from_where_the_installed_vllm_has_it(cell):
     """vLLM 0.11.1 moved `get_open_port` to `vllm.utils.network_utils`; the server picks by version."""
     serve = importlib.import_module("trl.scripts.vllm_serve")
+    bound_at_import(serve, ("get_open_port",), "every server test starts a server that calls it")
     home = "vllm.utils" if Version(cell.vllm) <= Version("0.11.0") else "vllm.utils.network_utils"
     assert serve.get_open_port is importlib.import_module(home).get_open_port
 
