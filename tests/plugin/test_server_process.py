@@ -219,6 +219,10 @@ def test_log_tail_of_running_server_is_redacted(tmp_path):
 
 
 def test_sweep_stops_orphans_of_dead_owner_only(tmp_path):
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        pytest.skip("sweeps are global by design: under pytest-xdist another worker's pytester runs sweep at their "
+                    "session start and can stop this test's orphan before it looks (seen twice); the self-test runs "
+                    "serially")
     dead = subprocess.Popen(["true"])
     dead.wait()
     assert not os.path.exists(f"/proc/{dead.pid}")
@@ -232,7 +236,7 @@ def test_sweep_stops_orphans_of_dead_owner_only(tmp_path):
     orphan = spawn(dead.pid, "orphan.log", "--spawn-child")
     kept = spawn(os.getpid(), "kept.log")
     try:
-        deadline = time.monotonic() + 60  # a bound, not a wait: seen over 10 s while engines loaded both cores
+        deadline = time.monotonic() + 60  # a bound, not a wait: returns as soon as the line is there
         while "child pid" not in (tmp_path / "orphan.log").read_text() and time.monotonic() < deadline:
             time.sleep(0.05)
         child = int(re.search(r"child pid (\d+)", (tmp_path / "orphan.log").read_text()).group(1))
