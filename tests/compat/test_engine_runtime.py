@@ -23,10 +23,10 @@ def libc(pid: int | str) -> Path | None:
 
 
 def test_this_process_runs_on_the_cells_runtime(cell):
-    entered = cpu_runtime.record()
+    entered = cpu_runtime.entered()
     mine = libc("self")
     assert mine is not None and mine == engine_route.cell_libc()
-    if entered and "runtime" in entered:
+    if entered:
         root = Path(entered["root"]).resolve()
         assert mine.is_relative_to(root), f"the runtime {entered['runtime']} was entered, yet libc is {mine}"
         assert os.confstr("CS_GNU_LIBC_VERSION") == f"glibc {entered['glibc']}"
@@ -42,7 +42,7 @@ def test_a_fresh_interpreter_runs_on_it(cell):
     assert Path(seen["libc"]).resolve() == engine_route.cell_libc()
     assert seen["glibc"] == os.confstr("CS_GNU_LIBC_VERSION")
     cxx = Path(seen["cxx"]).resolve()
-    if (cpu_runtime.record() or {}).get("runtime"):  # torch asks for libstdc++ through its RUNPATH: still the runtime's
+    if cpu_runtime.entered():  # torch asks for libstdc++ through its RUNPATH: still the runtime's
         assert cxx.parent == engine_route.cell_libc().parent, f"libstdc++ from {cxx}"
     else:
         assert not cxx.is_relative_to(harness_cache() / "runtimes"), f"no runtime recorded, yet libstdc++ is {cxx}"
