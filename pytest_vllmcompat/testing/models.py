@@ -59,9 +59,17 @@ class TinyModelSpec:
 
 TINY_MODEL_SPEC = TinyModelSpec()
 
+# ChatML. An assistant message's tool calls are rendered after its content (arguments as given when a string, else
+# as JSON), so that a test can see what a tool-call history in a dataset becomes (TRL 0.28.0/0.29.0 json.dumps the
+# arguments, 0.29.1 passes the dicts); messages without tool calls render as plain ChatML.
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + (message['content'] or '') }}"
+    "{% if message.tool_calls %}{% for call in message.tool_calls %}"
+    "{{ '<tool_call>' + call.function.name + ' ' + (call.function.arguments if call.function.arguments is string"
+    " else call.function.arguments | tojson) + '</tool_call>' }}"
+    "{% endfor %}{% endif %}"
+    "{{ '<|im_end|>' + '\n' }}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )

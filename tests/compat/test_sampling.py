@@ -123,6 +123,17 @@ def test_server_greedy_with_n_is_refused_with_500(server_client, vllm_server):
         assert ok.status_code == 200
 
 
+def test_generation_kwargs_override_the_trainers_sampling_fields(vllm_generator, greedy_reference):
+    """`generation_kwargs` is merged over the sampling fields TRL builds from the trainer's settings (colocate:
+    `generation_kwargs.update(self.generation_kwargs)` before `SamplingParams(**)`; server: trl vllm-serve's
+    `.update(request.generation_kwargs)` after its defaults), so its `temperature` and `max_tokens` win over the
+    trainer's `temperature` and `max_completion_length`: hot sampling of twice the length, overridden to greedy at
+    MAX_TOKENS, is the greedy reference."""
+    out = vllm_generator.generate(PROMPTS, SamplingOptions(
+        temperature=HOT, max_tokens=2 * MAX_TOKENS, generation_kwargs={"temperature": 0.0, "max_tokens": MAX_TOKENS}))
+    assert out.completion_ids == greedy_reference
+
+
 @pytest.mark.parametrize("max_tokens", [1, 7])
 def test_max_tokens_is_exact_when_eos_is_ignored(vllm_generator, max_tokens):
     out = vllm_generator.generate(PROMPTS, SamplingOptions(temperature=HOT, max_tokens=max_tokens,
@@ -201,15 +212,23 @@ def recovered_colocate_engine(colocate_generator, greedy_reference):
 
 
 @pytest.mark.vllm_mode("colocate")
-def test_structured_output_regex(recovered_colocate_engine, reference_model):
-    """structured_outputs_regex reaches vLLM as StructuredOutputsParams (GuidedDecodingParams on 0.10.2): every
-    completion, decoded, is exactly three digits, then EOS (the grammar allows nothing else). Server mode:
-    test_structured_outputs.py (on a float32 server; a bf16 CPU engine cannot apply the grammar)."""
+@pytest.mark.parametrize("how", ["parameter", "generation_kwargs"])
+def test_structured_output_regex(recovered_colocate_engine, reference_model, cell, how):
+    """structured_outputs_regex, or a generation_kwargs dict (`structured_outputs`; `guided_decoding` on vLLM
+    0.10.2), which VLLMGeneration must convert: reaches vLLM as StructuredOutputsParams (GuidedDecodingParams on
+    0.10.2); every completion, decoded, is exactly three digits, then EOS (the grammar allows nothing else).
+    Server mode: test_structured_outputs.py (on a float32 server; a bf16 CPU engine cannot apply the grammar)."""
+    from test_structured_outputs import structured_outputs_key
+
     _, tokenizer = reference_model
     regex = "[0-9]{3}"
-    out = recovered_colocate_engine.generate(PROMPTS, SamplingOptions(temperature=HOT, max_tokens=MAX_TOKENS,
-                                                                      structured_outputs_regex=regex,
-                                                                      generation_kwargs={"seed": 3}))
+    if how == "parameter":
+        sampling = SamplingOptions(temperature=HOT, max_tokens=MAX_TOKENS, structured_outputs_regex=regex,
+                                   generation_kwargs={"seed": 3})
+    else:
+        sampling = SamplingOptions(temperature=HOT, max_tokens=MAX_TOKENS,
+                                   generation_kwargs={"seed": 3, structured_outputs_key(cell.vllm): {"regex": regex}})
+    out = recovered_colocate_engine.generate(PROMPTS, sampling)
     texts = [tokenizer.decode(c, skip_special_tokens=True) for c in out.completion_ids]
     assert all(re.fullmatch(regex, t) for t in texts), texts
     assert all(c[-1] == tokenizer.eos_token_id for c in out.completion_ids)

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import gpu_helpers as gh
 import pytest
+import trainer_run
 
 from pytest_vllmcompat.install import engine_route
 from pytest_vllmcompat.process.childenv import child_env
@@ -39,9 +40,11 @@ colocate = pytest.mark.vllm_mode("colocate")
 server = pytest.mark.vllm_mode("server")
 
 
-def run_trainer(spec: dict, tmp_path) -> dict:
-    spec = {**spec, "out": str(tmp_path / "out")}
-    env = child_env({"VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")})
+def run_trainer(spec: dict, tmp_path, gpu: str | None = None) -> dict:
+    """One colocate run in a fresh interpreter; `gpu`: the CUDA device it gets (the CUDA lane), else CPU."""
+    spec = {**spec, "out": str(tmp_path / "out"), "lane": "cuda" if gpu is not None else "cpu"}
+    env = child_env({"VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
+                     **({"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {})})
     started = time.monotonic()
     proc = subprocess.run([sys.executable, str(SCRIPT), json.dumps(spec)], capture_output=True, text=True, env=env,
                           timeout=TIMEOUT, cwd=tmp_path)
@@ -55,22 +58,75 @@ def run_trainer(spec: dict, tmp_path) -> dict:
     return summary
 
 
-@colocate
-@pytest.mark.parametrize("dataset", ["plain", "chat"])
-@pytest.mark.parametrize("trainer", ["grpo", "rloo"])
-def test_trainer_colocate_trains_and_the_engine_follows(vllm_engine_host, vllm_model_dir, tmp_path, trainer, dataset):
-    summary = run_trainer({"trainer": trainer, "dataset": dataset, "model": str(vllm_model_dir), "steps": 2},
-                          tmp_path)
+# A setting that reaches vLLM rides on one of the four runs (the engine it starts anyway) where its failure cannot
+# hide the run's own checks: GRPO on plain prompts trains a LoRA adapter (`peft_config`): TRL merges it into the
+# base weights, pushes them under the base names and unmerges; the engine must then hold the merged weights.
+RUN_SETTINGS = {("grpo", "plain"): {"lora": True}}
+
+
+def check_colocate_run(summary: dict, settings: dict) -> None:
+    assert summary["peft_model"].startswith("Peft") == bool(settings.get("lora")), summary["peft_model"]
     assert summary["global_step"] == 2
     assert summary["hf_max_delta"] > 0 and summary["engine_max_delta_during_training"] > 0
     assert summary["engine_matches_trained"]
     assert summary["greedy_changed_after_final_sync"], "the engine's greedy output did not follow the training"
     # What the trainer's configuration became in the engine (GRPOConfig/RLOOConfig defaults, trainer_run.py's
     # settings): max_num_seqs = per_device_train_batch_size 4 x tensor_parallel_size 1 x steps_per_generation 1;
-    # vllm_model_impl "vllm"; vllm_gpu_memory_utilization 0.3; vllm_max_model_length 512; TRL's fixed
+    # vllm_model_impl "vllm" (or the run's); vllm_gpu_memory_utilization 0.3; vllm_max_model_length 512; TRL's fixed
     # max_num_batched_tokens 4096.
     assert summary["engine_config"] == {"max_num_seqs": 4, "max_num_batched_tokens": 4096, "max_model_len": 512,
-                                        "model_impl": "vllm", "gpu_memory_utilization": 0.3}, summary["engine_config"]
+                                        "model_impl": settings.get("model_impl", "vllm"),
+                                        "gpu_memory_utilization": 0.3}, summary["engine_config"]
+
+
+@colocate
+@pytest.mark.parametrize("dataset", ["plain", "chat"])
+@pytest.mark.parametrize("trainer", ["grpo", "rloo"])
+def test_trainer_colocate_trains_and_the_engine_follows(vllm_engine_host, vllm_model_dir, tmp_path, trainer, dataset,
+                                                        colocate_trainer_gpu):
+    settings = RUN_SETTINGS.get((trainer, dataset), {})
+    summary = run_trainer({"trainer": trainer, "dataset": dataset, "model": str(vllm_model_dir), "steps": 2,
+                           **settings}, tmp_path, colocate_trainer_gpu)
+    check_colocate_run(summary, settings)
+
+
+@colocate
+def test_trainer_colocate_with_the_transformers_model_impl(vllm_engine_host, vllm_model_dir, tmp_path,
+                                                           colocate_trainer_gpu):
+    """`vllm_model_impl="transformers"` (GRPOConfig's default is "vllm"): the engine runs vLLM's Transformers
+    backend; the run must train and the engine follow the weights as with vLLM's own model. Its own run (one more
+    engine start): where this backend fails, the four runs above still check everything else."""
+    settings = {"model_impl": "transformers"}
+    summary = run_trainer({"trainer": "grpo", "dataset": "plain", "model": str(vllm_model_dir), "steps": 2,
+                           **settings}, tmp_path, colocate_trainer_gpu)
+    check_colocate_run(summary, settings)
+
+
+@pytest.fixture
+def colocate_trainer_gpu(vllmcompat_context) -> str | None:
+    """The GPU a colocate trainer run gets on the CUDA lane (trainer and engine share it, as in a user's run);
+    None on the CPU lane."""
+    if vllmcompat_context.lane == "cpu":
+        return None
+    gpus = gh.visible_gpus()
+    if not gpus:
+        pytest.fail("cuda lane, but no GPU is visible to this process", pytrace=False)
+    return gpus[-1]
+
+
+@pytest.mark.gpu(n=1)
+@colocate
+def test_grpo_colocate_with_sleep_mode_trains_and_the_engine_follows(vllm_model_dir, tmp_path):
+    """`vllm_enable_sleep_mode=True` through GRPOTrainer (vLLM's sleep mode needs CUDA): TRL puts the engine to
+    sleep (level 2) once built and after every generation, and wakes it (weights, reload_weights, KV cache) before
+    the next; sync_weights wakes the weights first. The run must train, and after a final sync the woken engine
+    must hold the trained weights and generate differently than before training."""
+    summary = run_trainer({"trainer": "grpo", "dataset": "plain", "model": str(vllm_model_dir), "steps": 2,
+                           "sleep_mode": True}, tmp_path, gh.visible_gpus()[-1])
+    assert summary["sleep_mode"] and summary["global_step"] == 2
+    assert summary["hf_max_delta"] > 0 and summary["engine_max_delta_during_training"] > 0
+    assert summary["engine_matches_trained"]
+    assert summary["greedy_changed_after_final_sync"], "the engine's greedy output did not follow the training"
 
 
 def skip_unless_transformers_5():
@@ -82,7 +138,7 @@ def skip_unless_transformers_5():
 
 
 @colocate
-def test_grpo_with_tools_colocate(vllm_engine_host, vllm_model_dir, tmp_path):
+def test_grpo_with_tools_colocate(vllm_engine_host, vllm_model_dir, tmp_path, colocate_trainer_gpu):
     """GRPOTrainer(tools=[get_time]) on conversational prompts, as a user gets it: the tiny model's chat template is
     not one TRL knows, so the run sets `tokenizer.response_schema = qwen3_schema`, exactly what TRL's
     add_response_schema() does for a Qwen3 tokenizer. (The tiny model never emits a tool call: this covers the
@@ -90,7 +146,7 @@ def test_grpo_with_tools_colocate(vllm_engine_host, vllm_model_dir, tmp_path):
     generation: TRL sets `response_schema`, transformers reads `response_template` (matrix known failure)."""
     skip_unless_transformers_5()
     summary = run_trainer({"trainer": "grpo", "dataset": "chat", "tools": True, "model": str(vllm_model_dir),
-                           "steps": 2}, tmp_path)
+                           "steps": 2}, tmp_path, colocate_trainer_gpu)
     assert summary["global_step"] == 2 and summary["engine_matches_trained"]
 
 
@@ -129,7 +185,9 @@ SERVER_RUNS = {"grpo-plain": {"trainer": "grpo", "dataset": "plain", "address": 
                "rloo-plain": {"trainer": "rloo", "dataset": "plain"},
                "rloo-chat": {"trainer": "rloo", "dataset": "chat"},
                "grpo-tools": {"trainer": "grpo", "dataset": "chat", "tools": True},
-               "grpo-chat-kwargs": {"trainer": "grpo", "dataset": "chat", "chat_template_kwargs": {"greeting": "Hi"}}}
+               "grpo-chat-kwargs": {"trainer": "grpo", "dataset": "chat", "chat_template_kwargs": {"greeting": "Hi"}},
+               "grpo-rollout-func": {"trainer": "grpo", "dataset": "plain", "rollout": True},
+               "grpo-tool-call-history": {"trainer": "grpo", "dataset": "chat-tool-calls"}}
 STEPS = 2
 
 
@@ -292,3 +350,45 @@ def test_grpo_server_chat_template_kwargs_reach_the_template(server_run_summary,
         assert all(t.startswith("Hi\n") for t in texts), texts
     else:
         assert all(r["json"].get("chat_template_kwargs") == {"greeting": "Hi"} for r in gens), gens
+
+
+@server
+def test_grpo_server_rollout_func_replaces_the_trainers_generation(server_run_summary):
+    """`GRPOTrainer(rollout_func=f)`: TRL calls f(prompts, trainer) instead of generating (0.28.0/0.29.0 through
+    VLLMGeneration with every gathered prompt, duplicates included; 0.29.1 from the trainer with the process's
+    prompts), trains on what it returns and forwards its extra fields to the rewards. Here f generates one
+    completion per prompt through the trainer's own VLLMClient: every generation request is f's (n=1, the step's 4
+    prompts), none the trainer's (n=4), and each step's reward saw f's `rollout_tag`."""
+    summary = server_run_summary("grpo-rollout-func")
+    assert summary["global_step"] == STEPS and summary["hf_changed"]
+    calls = summary["rollout_calls"]
+    assert len(calls) == STEPS and all(c == {"count": 4, "type": "str"} for c in calls), calls
+    gens = [r["json"] for r in summary["requests"] if r["path"] in ("/generate/", "/chat/")]
+    assert len(gens) == STEPS and all((g["n"], g["prompts"]["count"]) == (1, 4) for g in gens), gens
+    assert summary["reward_extra_fields"] == [[f"rollout-{i}"] * 4 for i in range(1, STEPS + 1)], \
+        summary["reward_extra_fields"]
+
+
+@server
+def test_grpo_server_tool_call_history_reaches_the_template(server_run_summary, vllm_backend, vllm_model_dir):
+    """Conversational prompts whose history holds an assistant tool call with dict arguments (what a datasets
+    column holds) and the tool's answer: the prompt the server generated from must be the chat template applied to
+    that history with the arguments as JSON. 0.28.0/0.29.0 json.dumps the arguments before sending the messages
+    to /chat/ (the request must carry the string); 0.29.1 renders them in the trainer and sends token ids."""
+    from transformers import AutoTokenizer
+
+    summary = server_run_summary("grpo-tool-call-history")
+    assert summary["global_step"] == STEPS and summary["hf_changed"]
+    gens = [r for r in summary["requests"] if r["path"] in ("/generate/", "/chat/")]
+    assert gens, [r["path"] for r in summary["requests"]]
+    tokenizer = AutoTokenizer.from_pretrained(str(vllm_model_dir))
+    expected = {tuple(tokenizer.apply_chat_template(trainer_run.tool_call_history(p), add_generation_prompt=True,
+                                                    tokenize=True, return_dict=True)["input_ids"])
+                for p in trainer_run.PROMPTS}
+    assert '<tool_call>get_time {"city": "Paris"}</tool_call>' in tokenizer.decode(next(iter(expected))), \
+        "precondition: the tiny template renders the tool call's arguments"
+    for r in gens:
+        assert tuple(r["first_prompt_ids"]) in expected, tokenizer.decode(r["first_prompt_ids"])
+        if not vllm_backend.token_id_prompts:
+            call = r["json"]["messages"]["first"][1]["tool_calls"][0]["function"]
+            assert call["arguments"] == json.dumps(trainer_run.TOOL_CALL_ARGUMENTS), call

@@ -32,9 +32,43 @@ PROMPTS = ["The quick brown fox", "def add(a, b):", "Once upon a time", "1, 2, 3
            "Hello, my name is", "The capital of France is", "import numpy as", "Roses are red,"]
 
 
+REWARD_EXTRA_FIELDS = []  # the extra fields each reward call received (a rollout_func's are forwarded to it)
+
+
 def even_tokens(completions, completion_ids=None, **kw):
     """Reward: number of even token ids in the completion (varies between samples, so advantages are non-zero)."""
+    if "rollout_tag" in kw:
+        REWARD_EXTRA_FIELDS.append(list(kw["rollout_tag"]))
     return [float(sum(t % 2 == 0 for t in ids)) for ids in completion_ids]
+
+
+ROLLOUT_CALLS = []  # what each rollout_func call received: the number of prompts and their Python type
+
+
+def rollout(prompts, trainer):
+    """A user's `rollout_func(prompts, trainer)`: one completion per prompt it is given, generated through the
+    trainer's own VLLMClient at the trainer's settings, plus an extra field that TRL forwards to the rewards."""
+    ROLLOUT_CALLS.append({"count": len(prompts), "type": type(prompts[0]).__name__})
+    out = trainer.vllm_generation.vllm_client.generate(prompts=list(prompts), n=1, temperature=TEMPERATURE,
+                                                       max_tokens=MAX_COMPLETION)
+    # 0.29+ clients return rank-sorted top logprobs per position, 0.28.0 one float: TRL wants the sampled token's
+    logprobs = [[lp[0] if isinstance(lp, list) else lp for lp in row] for row in out["logprobs"]]
+    return {"prompt_ids": out["prompt_ids"], "completion_ids": out["completion_ids"], "logprobs": logprobs,
+            "rollout_tag": [f"rollout-{len(ROLLOUT_CALLS)}"] * len(prompts)}
+
+
+# A conversation whose history holds an assistant tool call with dict arguments (the datasets form), then the
+# tool's answer: TRL 0.28.0/0.29.0 json.dumps the arguments before LLM.chat / /chat/; 0.29.1 hands the dicts to
+# transformers' template. The tiny model's template renders arguments either way (a string as is, a dict tojson).
+TOOL_CALL_ARGUMENTS = {"city": "Paris"}
+
+
+def tool_call_history(prompt):
+    return [{"role": "user", "content": "What time is it in Paris?"},
+            {"role": "assistant", "content": "",
+             "tool_calls": [{"type": "function", "function": {"name": "get_time", "arguments": TOOL_CALL_ARGUMENTS}}]},
+            {"role": "tool", "name": "get_time", "content": "12:00"},
+            {"role": "user", "content": prompt}]
 
 
 def get_time(city: str) -> str:
@@ -48,6 +82,23 @@ def get_time(city: str) -> str:
         The time.
     """
     return "12:00"
+
+
+LORA_TARGET = "o_proj"  # one projection vLLM keeps unfused under the HF name (q/k/v become qkv_proj)
+
+
+def trained_weight(trainer, name):
+    """The HF weight `name` as the trainer holds it now: with a LoRA adapter, merged into its base layer (what
+    TRL's sync_weights pushes, under the name without `base_model.model.` and `.base_layer`)."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if not hasattr(model, "merge_adapter"):
+        return dict(model.named_parameters())[name].detach().clone()
+    model.merge_adapter()
+    try:
+        params = {n.removeprefix("base_model.model.").replace(".base_layer", ""): p for n, p in model.named_parameters()}
+        return params[name].detach().clone()
+    finally:
+        model.unmerge_adapter()
 
 
 def engine_model(trainer):
@@ -91,6 +142,8 @@ def build_trainer(spec, run, mode, **config):
         config = {**config, "chat_template_kwargs": dict(run["chat_template_kwargs"])}
     if run["dataset"] == "chat":
         data = {"prompt": [[{"role": "user", "content": p}] for p in PROMPTS]}
+    elif run["dataset"] == "chat-tool-calls":
+        data = {"prompt": [tool_call_history(p) for p in PROMPTS]}
     else:
         data = {"prompt": PROMPTS}
     # One prompt x 4 generations per step; temperature 2 so that the tiny model's samples (and rewards) differ
@@ -101,8 +154,22 @@ def build_trainer(spec, run, mode, **config):
                   max_completion_length=MAX_COMPLETION, max_steps=int(run.get("steps", 2)),
                   temperature=TEMPERATURE, learning_rate=1e-2, report_to="none", logging_steps=1,
                   save_strategy="no", seed=0, dataloader_num_workers=0, use_vllm=True, vllm_mode=mode, **config)
+    if run.get("model_impl"):  # vllm_model_impl: the engine's model implementation (colocate only)
+        common["vllm_model_impl"] = run["model_impl"]
+    if run.get("sleep_mode"):  # vllm_enable_sleep_mode (CUDA only in vLLM)
+        common["vllm_enable_sleep_mode"] = True
     config_cls, trainer_cls = (GRPOConfig, GRPOTrainer) if kind == "grpo" else (RLOOConfig, RLOOTrainer)
     extra = {}
+    if run.get("lora"):  # peft_config: TRL wraps the model; each sync merges the adapter and pushes base weights
+        from peft import LoraConfig
+
+        extra["peft_config"] = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=[LORA_TARGET])
+        # LoRA's update starts from B = 0: at 1e-2 two steps moved o_proj by at most 0.015 (measured), too little
+        # to change the tiny model's greedy tokens; 1e-1 (LoRA is usually trained at higher rates) does.
+        common["learning_rate"] = 1e-1
+    if run.get("rollout"):
+        os.environ["TRL_EXPERIMENTAL_SILENCE"] = "1"
+        extra["rollout_func"] = rollout
     if run.get("tools"):
         if "tools" not in inspect.signature(trainer_cls.__init__).parameters:
             raise NotApplicable(f"not applicable: TRL {trl.__version__}: {trainer_cls.__name__} has no `tools` argument")
@@ -135,27 +202,42 @@ def colocate_main(spec):
     t_built = time.monotonic()
     kind = spec["trainer"]
 
-    name = "model.embed_tokens.weight"
-    hf_before = dict(model.named_parameters())[name].detach().clone()
+    # A LoRA run trains only the adapter of o_proj: watch that weight (merged), else the embeddings.
+    name = f"model.layers.0.self_attn.{LORA_TARGET}.weight" if spec.get("lora") else "model.embed_tokens.weight"
+    hf_before = trained_weight(trainer, name)
     probe_ids = [tokenizer(p)["input_ids"] for p in PROMPTS[:4]]
+    sleep_mode = bool(spec.get("sleep_mode"))
+    llm = trainer.vllm_generation.llm
+    if sleep_mode:  # TRL put the engine to sleep (level 2: weights dropped) once built; wake it as its generate does
+        llm.wake_up(tags=["weights"])
+        llm.collective_rpc("reload_weights")
+        llm.wake_up(tags=["kv_cache"])
     eng_before = engine_tensor(trainer, name)[: hf_before.shape[0]]
     greedy_before = greedy(trainer, probe_ids)
+    if sleep_mode:
+        llm.sleep(level=2)
     # The engine starts on the checkpoint's weights (bf16): same as the HF model's within bf16 rounding.
     assert torch.allclose(eng_before, hf_before, atol=0, rtol=BF16_ROUNDING), "engine does not start on the HF weights"
 
     result = trainer.train()
     t_trained = time.monotonic()
 
-    hf_after = dict(trainer.model.named_parameters())[name].detach().clone()
-    eng_after = engine_tensor(trainer, name)[: hf_after.shape[0]]
-    greedy_after = greedy(trainer, probe_ids)
+    hf_after = trained_weight(trainer, name)
     hf_delta = (hf_after - hf_before).abs().max().item()
-    eng_delta = (eng_after - eng_before).abs().max().item()
+    if not sleep_mode:  # asleep, the engine holds no weights between TRL's generations
+        eng_after = engine_tensor(trainer, name)[: hf_after.shape[0]]
+        greedy_after = greedy(trainer, probe_ids)
+        eng_delta = (eng_after - eng_before).abs().max().item()
     # How far the engine's weights are from the trained HF weights. TRL syncs before each generation, i.e. at the
     # start of each optimizer step, so the engine holds the weights of the last sync (before the last step).
-    # Sync once more (what the next step would do) and compare (equal up to the engine's bf16 rounding).
+    # Sync once more (what the next step would do; under sleep mode TRL wakes the weights first) and compare
+    # (equal up to the engine's bf16 rounding).
     trainer.vllm_generation.sync_weights()
+    if sleep_mode:
+        llm.wake_up(tags=["kv_cache"])
     eng_synced = engine_tensor(trainer, name)[: hf_after.shape[0]]
+    if sleep_mode:
+        eng_delta = (eng_synced - eng_before).abs().max().item()
     synced_err = (eng_synced - hf_after).abs().max().item()
     ok_sync = torch.allclose(eng_synced, hf_after.to(eng_synced.dtype), atol=1e-6, rtol=BF16_ROUNDING)
     greedy_synced = greedy(trainer, probe_ids)
@@ -169,11 +251,14 @@ def colocate_main(spec):
                                                     config.model_config.model_impl)),
                           "gpu_memory_utilization": config.cache_config.gpu_memory_utilization},
         "trl": trl.__version__, "trainer": kind, "dataset": spec["dataset"], "tools": bool(spec.get("tools")),
+        "lora": bool(spec.get("lora")), "peft_model": type(trainer.accelerator.unwrap_model(trainer.model)).__name__,
+        "watched": name,
         "global_step": trainer.state.global_step, "train_loss": result.training_loss,
         "rewards": [h.get("reward") for h in logs], "reward_std": [h.get("reward_std") for h in logs],
         "hf_max_delta": hf_delta, "engine_max_delta_during_training": eng_delta,
         "engine_vs_trained_after_sync": synced_err, "engine_matches_trained": ok_sync,
-        "greedy_changed_during_training": greedy_before != greedy_after,
+        "greedy_changed_during_training": None if sleep_mode else greedy_before != greedy_after,
+        "sleep_mode": sleep_mode,
         "greedy_changed_after_final_sync": greedy_before != greedy_synced,
         "tool_metrics": {k: v for h in logs for k, v in h.items() if k.startswith("tools/")},
         "seconds": {"build": round(t_built - t0, 1), "train": round(t_trained - t_built, 1),
@@ -193,7 +278,8 @@ GENERATION_PATHS = ("/generate/", "/chat/")
 
 def record_requests(base_url):
     """Every request sent through a requests.Session to `base_url` (VLLMClient's own session), as sent: the
-    requests stay real, this only keeps (method, path, JSON body) without the prompts' bulk."""
+    requests stay real, this only keeps (method, path, JSON body) without the prompts' bulk, and for a generation
+    the first prompt's ids in the answer (what the trainer's prompt became on the server)."""
     import requests
 
     sent, original = [], requests.Session.request
@@ -204,7 +290,12 @@ def record_requests(base_url):
             for key in ("prompts", "messages"):
                 if key in body:
                     body[key] = {"count": len(body[key]), "first": body[key][0] if body[key] else None}
-            sent.append({"method": method.upper(), "path": str(url)[len(base_url.rstrip("/")):], "json": body})
+            entry = {"method": method.upper(), "path": str(url)[len(base_url.rstrip("/")):], "json": body}
+            sent.append(entry)
+            response = original(self, method, url, *args, **kwargs)
+            if entry["path"] in GENERATION_PATHS and response.ok:  # the prompt ids the trainer got back
+                entry["first_prompt_ids"] = (response.json().get("prompt_ids") or [None])[0]
+            return response
         return original(self, method, url, *args, **kwargs)
 
     requests.Session.request = request
@@ -227,6 +318,7 @@ def param_digests(model):
 def server_run(spec, run, sent, transport):
     """One trainer against the server; returns its summary (the caller catches what it raises)."""
     t0, first_request = time.monotonic(), len(sent)
+    del ROLLOUT_CALLS[:], REWARD_EXTRA_FIELDS[:]
     if transport:
         transport.clear()
     if run.get("address") == "host-port":  # GRPOConfig's other way to name the server (and the NCCL host)
@@ -254,6 +346,7 @@ def server_run(spec, run, sent, transport):
         "global_step": trainer.state.global_step, "train_loss": result.training_loss,
         "requests": requests_made, "eval_requests": eval_requests, "hf_changed": sorted(n for n in hf_after if hf_after[n] != hf_before[n]),
         "hf_after": hf_after, "seconds": round(time.monotonic() - t0, 1),
+        "rollout_calls": list(ROLLOUT_CALLS), "reward_extra_fields": list(REWARD_EXTRA_FIELDS),
     }
     if transport:
         summary["transport"] = pushed
