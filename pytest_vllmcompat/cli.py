@@ -47,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         return _run_plan(args)
     elif args.command == "gate":
         return _run_gate(args)
+    elif args.command == "record":
+        return _run_record(args)
     elif args.command == "doctor":
         text, ok = doctor.report_and_status()
         print(text)
@@ -102,13 +104,22 @@ def _run_plan(args: argparse.Namespace) -> int:
 
 
 def _add_gate_parser(sub: Any) -> None:
-    gate = sub.add_parser("gate", help="read the cells' JSON results, write support.md/.html; exit 1 on missing or failed cells")
-    gate.add_argument("--results", default="results", help="directory of the cells' JSON results (default: results)")
-    gate.add_argument("--out", help="where to write support.md and support.html (default: the results directory)")
-    gate.add_argument("--lane", action="append", choices=("cpu", "cuda", "all"), help="lane to gate on; repeatable (default: cpu)")
-    gate.add_argument("--target", action="append", help="backend target to gate on, e.g. trl==0.29.1; repeatable; all = every matrix target (default: the matrix's default)")
-    gate.add_argument("--require", choices=("all", "present"), default="all",
+    parser = sub.add_parser("gate", help="read the cells' JSON results, write support.md/.html; exit 1 on missing or failed cells")
+    parser.add_argument("--results", default="results", help="directory of the cells' JSON results (default: results)")
+    parser.add_argument("--out", help="where to write support.md and support.html (default: the results directory)")
+    parser.add_argument("--lane", action="append", choices=("cpu", "cuda", "all"), help="lane to gate on; repeatable (default: cpu)")
+    parser.add_argument("--target", action="append", help="backend target to gate on, e.g. trl==0.29.1; repeatable; all = every matrix target (default: the matrix's default)")
+    parser.add_argument("--require", choices=("all", "present"), default="all",
                       help="all: every matrix cell of the lanes x targets must have a passing result (default); present: only the cells with a result")
+    parser.add_argument("--recorded", default=str(gate.RECORDED),
+                      help=f"results kept from runs elsewhere (e.g. a CUDA cell on a lent GPU), shown with where and "
+                           f"when they ran; gated like any result of an asked lane x target (default: {gate.RECORDED})")
+    record = sub.add_parser("record", help="keep a cell's JSON result from a run elsewhere in matrix/recorded/, with "
+                            "where and when it ran (the gate shows it)")
+    record.add_argument("result", help="the cell's results JSON")
+    record.add_argument("--where", required=True, help="the machine it ran on, e.g. 'lent NVIDIA H200 (device tool)'")
+    record.add_argument("--how", default="", help="the command that ran it")
+    record.add_argument("--into", default=str(gate.RECORDED), help=f"default: {gate.RECORDED}")
 
 
 def _run_gate(args: argparse.Namespace) -> int:
@@ -118,5 +129,15 @@ def _run_gate(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     results = Path(args.results)
-    return gate.run(m, results, Path(args.out) if args.out else results, args.lane or ["cpu"], args.target or [], args.require)
+    return gate.run(m, results, Path(args.out) if args.out else results, args.lane or ["cpu"], args.target or [], args.require,
+                    Path(args.recorded))
+
+
+def _run_record(args: argparse.Namespace) -> int:
+    try:
+        print(f"recorded {gate.record(Path(args.result), args.where, args.how, Path(args.into))}")
+    except VllmcompatError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
 

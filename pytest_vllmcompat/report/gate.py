@@ -1,13 +1,16 @@
 """The release gate: read the cells' JSON results, decide, and write the support table.
 
     python -m pytest_vllmcompat gate [--results DIR] [--out DIR] [--lane cpu] [--target SPEC]
-                                     [--require all|present]
+                                     [--require all|present] [--recorded DIR]
+    python -m pytest_vllmcompat record RESULT --where TEXT [--how CMD]   (keeps it in matrix/recorded/)
 
 Required cells are the matrix cells of the asked lanes x targets (`--require all`,
 the default) or only those with a result (`--require present`). The gate fails
 when a required cell is missing, has a failed or erroring test, did not complete,
 or has a strict known failure that passed (XPASS(strict): upstream fixed it?).
-Writes `support.md` and a self-contained `support.html` into `--out`.
+Writes `support.md` and a self-contained `support.html` into `--out`. Results recorded from runs elsewhere
+(matrix/recorded/, e.g. the CUDA lane on a lent GPU; written by `record`) are read too and shown with where and when
+they ran; like any result, they are gated when their lane and target are asked.
 """
 
 from __future__ import annotations
@@ -18,7 +21,23 @@ from ..errors import VllmcompatError
 from ..install.target_range import target_matrix
 from ..matrix import LANES, Matrix, target_label
 from . import page, render
+from .schema import SchemaError, read, write
 from .verdict import XPASS_STRICT, CellResult, Key, Verdict, key_label, load_results, run_command
+
+RECORDED = Path(__file__).resolve().parent.parent.parent / "matrix" / "recorded"
+
+
+def record(result: Path, where: str, how: str, into: Path) -> Path:
+    """Keep `result` (a cell's JSON from a run elsewhere) in `into` with where/when/how it ran."""
+    try:
+        data = read(result)
+    except (OSError, ValueError, SchemaError) as exc:
+        raise VllmcompatError(f"{result}: not a vllmcompat result ({exc})") from None
+    if data.selection.partial:
+        raise VllmcompatError(f"{result}: a partial run ({'; '.join(data.selection.why_partial)}) never stands for a "
+                              "cell; record a complete one")
+    data.recorded = {"where": where, "when": data.finished, "how": how}
+    return write(into, data)
 
 
 def evaluate(matrix: Matrix, found: list[CellResult], lanes: list[str], targets: list[str], require: str,
@@ -52,7 +71,8 @@ def evaluate(matrix: Matrix, found: list[CellResult], lanes: list[str], targets:
     missing = [k for k in required if k not in results]
     if require == "present":
         required = [k for k in required if k in results or k in partials]
-    verdict = Verdict(groups, required, results, others, partials=partials, notes=notes, missing=missing)
+    verdict = Verdict(groups, required, results, others, partials=partials, notes=notes, missing=missing,
+                      cells_of=cells_of)
     if not required:
         verdict.problems.append(f"NO RESULTS  none for lanes {', '.join(lanes)} / targets {', '.join(labels)}")
     for key in required:
@@ -84,13 +104,20 @@ def evaluate(matrix: Matrix, found: list[CellResult], lanes: list[str], targets:
     return verdict
 
 
-def run(matrix: Matrix, results_dir: Path, out_dir: Path, lanes: list[str], targets: list[str], require: str) -> int:
+def run(matrix: Matrix, results_dir: Path, out_dir: Path, lanes: list[str], targets: list[str], require: str,
+        recorded_dir: Path | None = None) -> int:
     """The gate: print the verdict, write support.md and support.html; 0 when it passes, 1 when not."""
     lanes = list(LANES) if "all" in lanes or not lanes else lanes
     targets = list(matrix.targets) if "all" in targets else (targets or [matrix.default_target])
     found, notes = load_results(results_dir)
+    if recorded_dir is not None and recorded_dir.is_dir():
+        kept, kept_notes = load_results(recorded_dir)
+        notes += kept_notes + [f"{r.path}: no `recorded` field (write it with `python -m pytest_vllmcompat record`); "
+                               "ignored" for r in kept if not r.data.recorded]
+        found += [r for r in kept if r.data.recorded]
+    shown = dict.fromkeys([*targets, *(r.cell.target for r in found if r.cell.matrix_cell)])
     try:  # each target's own cells (the seed matrix's targets ask no index)
-        cells_of = {target_label(t): target_matrix(matrix, t)[0] for t in targets}
+        cells_of = {target_label(t): target_matrix(matrix, t)[0] for t in shown}
     except VllmcompatError as exc:
         print(f"error: {exc}")
         return 2

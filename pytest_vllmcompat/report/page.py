@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from ..matrix import Matrix
 from .render import (
     LEGEND,
+    NOT_A_CELL,
     RUN_HEADERS,
     failures_by_cause,
     fractions_text,
@@ -53,7 +54,8 @@ def _cell(matrix: Matrix, key: Key, r: CellResult | None) -> str:
     bar = "".join(f'<span class="{k}" style="width:{f[k] * 100:.1f}%"></span>' for k in ("ran", "masked", "skipped"))
     title = (f"{r.cell.vllm_description} | torch {r.cell.torch} | transformers {r.cell.transformers} | "
              f"{r.cell.backend} {r.cell.backend_version}")
-    notes = [*r.attention, *([f"partial: {'; '.join(r.data.selection.why_partial)}"] if r.partial else [])]
+    notes = [*r.attention, *([f"partial: {'; '.join(r.data.selection.why_partial)}"] if r.partial else []),
+             *([r.provenance] if r.provenance else [])]
     counts = _e(r.counts_text())
     link = f'<a href="#{r.anchor}">{counts}</a>' if r.tests("failed", "error") or r.incomplete else counts
     return (f'<td class="{r.status}" title="{_e(title)}"><div class="status">{STATUS_TEXT[r.status]}</div>{link}'
@@ -75,7 +77,7 @@ def html_page(matrix: Matrix, verdict: Verdict, lanes: list[str], targets: list[
         body.append(f'<section><h2>{_e(lane)} lane, {_e(label)}</h2><table class="grid"><tr><th>vLLM</th>'
                     + "".join(f"<th>transformers {_e(t)}</th>" for t in matrix.transformers) + "</tr>")
         for v, row in grid(matrix, verdict, lane, label):
-            body.append(f"<tr><th>{_e(v)}</th>{''.join(_cell(matrix, key, r) for key, r in row)}</tr>")
+            body.append(f"<tr><th>{_e(v)}</th>{''.join(_cell(matrix, *item) if item else f'<td>{NOT_A_CELL}</td>' for item in row)}</tr>")
         body.append("</table></section>")
     body.append("</div>")
     body.append('<p class="legend">' + "".join(f'<span class="{k}"><b>{STATUS_TEXT.get(k, k)}</b>: {_e(v)}</span>'

@@ -34,12 +34,17 @@ def headline(verdict: Verdict, lanes: list[str], targets: list[str], require: st
     return text
 
 
+NOT_A_CELL = "—"  # a transformers line the target's vLLM release does not accept (derived matrices)
+
+
 def grid(matrix: Matrix, verdict: Verdict, lane: str,
-         label: str) -> Iterator[tuple[str, list[tuple[Key, CellResult | None]]]]:
-    """Rows of one lane x target grid: (vLLM version, [(cell key, its result or its partial result or None)])."""
-    for v in matrix.vllm_versions:
-        keys = [(v, t, lane, label) for t in matrix.transformers]
-        yield v, [(k, verdict.results.get(k) or verdict.partials.get(k)) for k in keys]
+         label: str) -> Iterator[tuple[str, list[tuple[Key, CellResult | None] | None]]]:
+    """Rows of one lane x target grid, over that target's own cells: (vLLM version, [(cell key, its result or its
+    partial result or None), or None where that transformers line is not a cell of the version])."""
+    cells = verdict.cells_of.get(label, matrix)
+    for v in cells.vllm_versions:
+        keys = [(v, t, lane, label) if t in cells.lines(v) else None for t in matrix.transformers]
+        yield v, [(k, verdict.results.get(k) or verdict.partials.get(k)) if k else None for k in keys]
 
 
 def startup(r: CellResult, kind: str) -> str:
@@ -49,7 +54,8 @@ def startup(r: CellResult, kind: str) -> str:
 def run_row(r: CellResult) -> list[str]:
     c = r.cell
     return [c.session + (" (partial)" if r.partial else ""), c.lane, c.target_label, c.backend_version or "-",
-            c.torch or "-", c.transformers or "-", f"{c.host.os} ({c.host.name})" + (f"; {c.host.engine}" if c.host.engine else ""), startup(r, "colocate_engine"),
+            c.torch or "-", c.transformers or "-", f"{c.host.os} ({c.host.name})" + (f"; {c.host.engine}" if c.host.engine else "")
+            + (f"; {r.provenance}" if r.provenance else ""), startup(r, "colocate_engine"),
             startup(r, "server"), f"{r.data.duration:.1f}s"]
 
 
@@ -107,8 +113,10 @@ def markdown(matrix: Matrix, verdict: Verdict, lanes: list[str], targets: list[s
                 "| vLLM | " + " | ".join(f"transformers {t}" for t in matrix.transformers) + " |",
                 "|---" * (len(matrix.transformers) + 1) + "|"]
         for v, row in grid(matrix, verdict, lane, label):
-            texts = [f"{SYMBOL[r.status]} {r.counts_text()}" if r else f"{SYMBOL['missing']} missing: "
-                     f"`{run_command(matrix, key)}`" for key, r in row]
+            texts = [NOT_A_CELL if item is None else
+                     f"{SYMBOL[item[1].status]} {item[1].counts_text()}"
+                     + (f" ({item[1].provenance})" if item[1].provenance else "") if item[1] else
+                     f"{SYMBOL['missing']} missing: `{run_command(matrix, item[0])}`" for item in row]
             out.append(f"| {v} | " + " | ".join(texts) + " |")
         out.append("")
     out += ["Legend: " + "; ".join(f"{SYMBOL[k]} {v}" for k, v in LEGEND.items()), ""]

@@ -11,6 +11,7 @@ Schema (version 1)::
      "selection": {modes, deselected, partial, why_partial: [...]},
      "deprecations": [{category, message, where, tests: [...]}],
      "substitutions": [{what, tests: [...]}],
+     "recorded"?: {where, when, how},
      "tests": [{nodeid, outcome, duration, reason?, longrepr?, skip_kind?,
                 known_failure?: {cause, match, state}, substituted?: [what, ...],
                 measured?: {name: value}}]}
@@ -20,7 +21,8 @@ confirmed (failed with its declared cause), mismatch (failed otherwise: a failur
 unverified (skipped here). A result with `selection.partial` comes from a run that did not select the whole suite
 (-k, -m, one mode, --lf, explicit tests, stopped early); it is written next to the complete one, never over it.
 `substitutions`: pieces this lane cannot run and replaced (e.g. "server weight sync not exercised on the cpu
-lane"), with the tests that replaced them.
+lane"), with the tests that replaced them. `recorded`: set on a result kept in the repository (matrix/recorded/) from
+a run made elsewhere (e.g. the CUDA lane on a lent GPU): where and when it ran, and the command.
 """
 
 from __future__ import annotations
@@ -106,6 +108,7 @@ class RunResult:
     # DeprecationWarning / FutureWarning raised on the backend's or vLLM's or transformers' code paths during the
     # run: aliases a later release removes. Recorded and shown; they do not fail a cell.
     deprecations: list[dict[str, Any]] = field(default_factory=list)
+    recorded: dict[str, str] | None = None  # {where, when, how} of a result kept from a run elsewhere
     schema: int = SCHEMA
 
     @property
@@ -116,7 +119,8 @@ class RunResult:
         return {"schema": self.schema, "cell": asdict(self.cell), "started": self.started, "finished": self.finished,
                 "duration": self.duration, "exit_status": self.exit_status, "counts": self.counts,
                 "startup": self.startup, "selection": asdict(self.selection), "deprecations": self.deprecations,
-                "substitutions": self.substitutions, "tests": [t.to_json() for t in self.tests]}
+                "substitutions": self.substitutions, **({"recorded": self.recorded} if self.recorded else {}),
+                "tests": [t.to_json() for t in self.tests]}
 
     @classmethod
     def from_json(cls, data: Any) -> RunResult:
@@ -131,7 +135,7 @@ class RunResult:
                        finished=data["finished"], duration=data["duration"], exit_status=data["exit_status"],
                        counts=data["counts"], startup=data.get("startup", {}), tests=tests,
                        selection=Selection(**_known(Selection, data.get("selection", {}))),
-                       deprecations=list(data.get("deprecations", [])),
+                       deprecations=list(data.get("deprecations", [])), recorded=data.get("recorded"),
                        schema=data.get("schema", SCHEMA))
         except KeyError as exc:
             raise SchemaError(f"missing key {exc}") from None

@@ -103,6 +103,12 @@ class CellResult:
     def label(self) -> str:
         return f"{self.cell.session} {self.cell.lane} {self.cell.target_label}"
 
+    @property
+    def provenance(self) -> str | None:
+        """Where and when a result kept from a run elsewhere ran (matrix/recorded/), else None."""
+        rec = self.data.recorded
+        return f"recorded on {rec.get('where', '?')}, {rec.get('when', '?')}" if rec else None
+
 
 @dataclass
 class Verdict:
@@ -114,6 +120,7 @@ class Verdict:
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     missing: list[Key] = field(default_factory=list)  # matrix cells of the asked lanes x targets with no complete result
+    cells_of: dict[str, Matrix] = field(default_factory=dict)  # target label -> its cells (derived targets)
 
     @property
     def ok(self) -> bool:

@@ -289,3 +289,43 @@ def test_a_later_release_is_gated_on_its_own_declared_cells(tmp_path):
                                 ("0.23.0", "5", "cpu", "trl==1.16.0")]
     assert [p.split(":")[0] for p in verdict.problems] == ["MISSING  vllm-0.22.0(tf4) cpu trl==1.16.0",
                                                           "MISSING  vllm-0.23.0(tf5) cpu trl==1.16.0"]
+
+
+def test_a_recorded_cuda_result_is_shown_with_where_and_when_it_ran(tmp_path, capsys):
+    """`record` keeps a cell's result from a run elsewhere (e.g. the CUDA lane on a lent GPU) in matrix/recorded/
+    with where and when it ran; the gate reads that folder too, draws the CUDA group over its target's own cells
+    (a transformers line the release does not accept is not a cell) and shows the provenance; the default CPU
+    gate still passes, not asking for the recorded lane."""
+    import dataclasses
+
+    from pytest_vllmcompat.report import gate as gate_module
+    from pytest_vllmcompat.report import render
+    from pytest_vllmcompat.report.verdict import load_results
+
+    run = tmp_path / "run.json"
+    run.write_text(json.dumps(result("0.22.0", "5", lane="cuda", target="trl==1.16.0")))
+    assert cli.main(["record", str(run), "--where", "lent NVIDIA H200", "--how", "nox -s x", "--into",
+                     str(tmp_path / "recorded")]) == 0
+    kept = tmp_path / "recorded" / "vllm-0.22.0-tf5-cuda-trl-1.16.0.json"
+    assert json.loads(kept.read_text())["recorded"] == {"where": "lent NVIDIA H200",
+                                                         "when": "2026-01-01T00:05:00+00:00", "how": "nox -s x"}
+    partial = result("0.22.0", "5", lane="cuda", target="trl==1.16.0")
+    partial["selection"] = {"partial": True, "why_partial": ["-k"]}
+    run.write_text(json.dumps(partial))
+    assert cli.main(["record", str(run), "--where", "x", "--into", str(tmp_path / "recorded")]) == 2
+    assert "a partial run (-k) never stands for a cell" in capsys.readouterr().err
+
+    later = dataclasses.replace(MATRIX, vllm_versions=("0.22.0",), cell_lines={"0.22.0": ("5",)})
+    write_cells(tmp_path / "results")
+    found, _ = load_results(tmp_path / "results")
+    recorded, _ = load_results(tmp_path / "recorded")
+    verdict = gate_module.evaluate(MATRIX, found + recorded, ["cpu"], [DEFAULT], "all",
+                                   {matrix.target_label(DEFAULT): MATRIX, "trl==1.16.0": later})
+    assert verdict.ok, verdict.problems
+    assert ("cuda", "trl==1.16.0") in verdict.groups
+    text = render.markdown(MATRIX, verdict, ["cpu"], [DEFAULT], "all")
+    section = text.split("## cuda lane, trl==1.16.0")[1].split("##")[0]
+    assert "| 0.22.0 | — | ✅ 4 passed (recorded on lent NVIDIA H200, 2026-01-01T00:05:00+00:00) |" in section
+    # A recorded result is gated like any other once its lane and target are asked.
+    asked = gate_module.evaluate(MATRIX, recorded, ["cuda"], ["trl==1.16.0"], "all", {"trl==1.16.0": later})
+    assert asked.ok and asked.required == [("0.22.0", "5", "cuda", "trl==1.16.0")]
