@@ -7,6 +7,8 @@
   VLLMCOMPAT_LANE=cpu|cuda    force the lane (default: cuda when a GPU is visible)
   VLLMCOMPAT_TARGET=trl==0.28.0 or /path/to/trl   backend target (default: the matrix's); the cells follow
                               it: the seed matrix for its targets, else the target's declared vLLM range
+  VLLMCOMPAT_WHEELHOUSE=DIR   install the cell with no index, from a wheelhouse (python -m pytest_vllmcompat wheelhouse)
+  VLLMCOMPAT_HOST_TORCH=1     reuse python3's torch (or =/path/to/python's), only when it is the cell's torch
 """
 
 from __future__ import annotations
@@ -16,12 +18,14 @@ import sys
 from pathlib import Path
 
 import nox
+import nox.command
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))  # the harness's own code, usable before it is installed anywhere
 
 from pytest_vllmcompat import host, matrix  # noqa: E402
 from pytest_vllmcompat.errors import VllmcompatError  # noqa: E402
+from pytest_vllmcompat.install import host_torch, offline, resolve  # noqa: E402
 from pytest_vllmcompat.install import plan as install  # noqa: E402
 from pytest_vllmcompat.install.resolve import check_resolvable  # noqa: E402
 from pytest_vllmcompat.install.target_range import target_matrix  # noqa: E402
@@ -34,7 +38,7 @@ def _settings() -> tuple[matrix.Matrix, str, str, str]:
         the_matrix = matrix.load()
         lane = host.resolve_lane()
         target = install.check_target(the_matrix, os.environ.get(install.TARGET_ENV))
-        if os.environ.get(install.TARGET_ENV) and not matrix.is_local_target(target):
+        if os.environ.get(install.TARGET_ENV) and not matrix.is_local_target(target) and not offline.wheelhouse_dir():
             check_resolvable(target, the_matrix.python)
         # The cells follow the target: the seed matrix for its targets, else the target's declared vLLM range.
         the_matrix, cells = target_matrix(the_matrix, target)
@@ -43,7 +47,17 @@ def _settings() -> tuple[matrix.Matrix, str, str, str]:
     return the_matrix, lane, target, cells.source
 
 
+def _offline() -> tuple[Path | None, host_torch.HostPython | None]:
+    """VLLMCOMPAT_WHEELHOUSE and VLLMCOMPAT_HOST_TORCH, read once (a wrong value stops here, one line)."""
+    try:
+        wheelhouse, python = offline.wheelhouse_dir(), host_torch.requested()
+        return wheelhouse, host_torch.read(python) if python else None
+    except VllmcompatError as exc:
+        raise SystemExit(f"error: {exc}") from None
+
+
 MATRIX, LANE, TARGET, CELLS_SOURCE = _settings()
+WHEELHOUSE, HOST = _offline()
 nox.options.default_venv_backend = "uv"
 nox.options.sessions = ["self-test"]
 # Give pytest time to stop its servers on Ctrl-C before nox escalates.
@@ -83,27 +97,81 @@ def gate(session: nox.Session) -> None:
     session.run("python", "-m", "pytest_vllmcompat", "gate", "--results", str(RESULTS), *session.posargs)
 
 
+def _host_torch_refusal(version: str) -> str | None:
+    """Why the host's torch cannot serve vLLM `version`'s cells, decided before nox creates or deletes anything
+    (the torch that vLLM's metadata or the wheelhouse pins); None: allowed, or known only after the resolution."""
+    if HOST is None:
+        return None
+    cell = MATRIX.cell(version, MATRIX.lines(version)[0], LANE, TARGET)
+    try:
+        pin = offline.declared_torch(MATRIX, cell, WHEELHOUSE)
+        if pin is not None:
+            host_torch.check(LANE, pin, HOST, f"vLLM {version}")
+    except VllmcompatError as exc:
+        return str(exc)
+    return None
+
+
+def _install_locked(session: nox.Session, cell: matrix.Cell, plan: install.InstallPlan) -> None:
+    """The cell's lock with --no-deps, from the wheelhouse (no index) and/or less the host's packages."""
+    have = HOST.packages if HOST else {}
+    try:
+        if WHEELHOUSE:
+            todo = offline.from_manifest(WHEELHOUSE, cell, have)
+        else:
+            assert HOST is not None
+            lock = resolve.resolve_lock(plan, HOST.version, f"x86_64-manylinux_{host.dotted(host.host_glibc()).replace('.', '_')}",
+                                        prefer=have, extra=install.project_requirements()[0])
+            todo = offline.from_lock(lock, have, "resolved here, preferring the host's versions")
+        if HOST:
+            session.log(host_torch.check(cell.lane, todo.pins.get("torch"), HOST, cell))
+            todo = offline.reuse_host_torch(todo)
+    except VllmcompatError as exc:
+        session.error(str(exc))
+    for line in todo.summary():
+        session.log(line)
+    if HOST:  # the host's site-packages, after the cell's own
+        purelib = Path(session.virtualenv.location, "lib", f"python{HOST.version}", "site-packages")
+        (purelib / host_torch.PTH_NAME).write_text(host_torch.pth_text(HOST))
+    index = offline.uv_args(WHEELHOUSE) if WHEELHOUSE else []
+    try:
+        session.install(*index, *todo.write(Path(session.create_tmp()) / "plan"))
+        session.install(*index, "--no-deps", "-e", str(ROOT))
+    except nox.command.CommandFailed:
+        if WHEELHOUSE:
+            session.error(offline.missing_line(WHEELHOUSE, cell))
+        raise
+
+
 def _cell_session(version: str):
     lines = MATRIX.lines(version)
+    refusal = _host_torch_refusal(version)
+    python = HOST.python if HOST else MATRIX.python  # the host's torch: a venv of the host's interpreter
 
-    @nox.session(name=f"vllm-{version}", python=MATRIX.python, tags=["cell"])  # CI: nox -l --json -t cell
+    @nox.session(name=f"vllm-{version}", python=None if refusal else python, tags=["cell"],  # CI: nox -l --json -t cell
+                 venv_backend="none" if refusal else None)  # refused: nothing is created or deleted
     @nox.parametrize("transformers", list(lines), ids=[f"tf{t}" for t in lines])
     def cell_session(session: nox.Session, transformers: str) -> None:
+        if refusal:
+            session.error(refusal)
         cell = MATRIX.cell(version, transformers, LANE, TARGET)
         plan = install.install_plan(MATRIX, cell)
         session.log(f"cell: {cell}")
-        session.install(*plan.write(Path(session.create_tmp()) / "plan"))
+        if WHEELHOUSE or HOST:
+            _install_locked(session, cell, plan)
+        else:
+            session.install(*plan.write(Path(session.create_tmp()) / "plan"))
         for step in plan.post_install:  # an install step: runs with --install-only, skipped with -R
             session.run_install("python", *step)
         session.run("python", "-m", "pytest_vllmcompat", "versions")
         env = {host.LANE_ENV: cell.lane, install.TARGET_ENV: cell.target}
-        session.run(
-            "pytest", "tests/compat", "--vllm-results", str(RESULTS), *session.posargs,
+        session.run(  # python -m: with the host's packages, a `pytest` script on PATH may be the host's
+            "python", "-m", "pytest", "tests/compat", "--vllm-results", str(RESULTS), *session.posargs,
             env=env, interrupt_timeout=PYTEST_INTERRUPT_TIMEOUT, terminate_timeout=30.0,
         )
 
     cell_session.__doc__ = (f"vLLM {version} with transformers {' and '.join(lines)} on the {LANE} lane, backend "
-                            f"{TARGET} (cells from {CELLS_SOURCE}).")
+                            f"{TARGET} (cells from {CELLS_SOURCE})." + (f" Refused: {refusal}" if refusal else ""))
     return cell_session
 
 

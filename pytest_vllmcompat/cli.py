@@ -1,5 +1,5 @@
 """`python -m pytest_vllmcompat <command>`: cpu-identity and versions (run by the noxfile inside a cell), plan, gate,
-doctor."""
+doctor, wheelhouse."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 from . import matrix
 from .errors import IdentityError, MatrixError, PlanResolutionError, VllmcompatError
-from .install import cpu_identity, cpu_runtime, engine_route, resolve
+from .install import cpu_identity, cpu_runtime, engine_route, pieces, resolve, wheelhouse
 from .install import installed as cellinfo
 from .install import plan as install_plan
 from .install.target_range import target_matrix
@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("versions", help="print the versions installed in this environment")
     _add_plan_parser(sub)
     _add_gate_parser(sub)
+    _add_wheelhouse_parser(sub)
     sub.add_parser("doctor", help="what this host is, which lanes and cells can run here, and the command for each")
     args = parser.parse_args(argv)
 
@@ -49,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         return _run_gate(args)
     elif args.command == "record":
         return _run_record(args)
+    elif args.command == "wheelhouse":
+        return _run_wheelhouse(args)
     elif args.command == "doctor":
         text, ok = doctor.report_and_status()
         print(text)
@@ -141,3 +144,49 @@ def _run_record(args: argparse.Namespace) -> int:
         return 2
     return 0
 
+
+
+def _add_wheelhouse_parser(sub: Any) -> None:
+    w = sub.add_parser("wheelhouse", help="write the wheels one cell needs on a destination without an index, less "
+                       "what it has; or --rejoin its pieces")
+    w.add_argument("lane", nargs="?", choices=("cuda", "cpu"), help="the cell's lane")
+    w.add_argument("--vllm", help="the cell's vLLM version, e.g. 0.22.0")
+    w.add_argument("--transformers", choices=("4", "5"), help="the cell's transformers line")
+    w.add_argument("--target", help="backend target, e.g. trl==1.16.0 (default: the matrix's)")
+    w.add_argument("--python-version", default="3.12", help="the destination's Python (default: 3.12)")
+    w.add_argument("--platform", default="manylinux_2_28_x86_64",
+                   help="the destination's platform: manylinux_2_39_x86_64, x86_64-manylinux_2_39 or 'linux x86_64 glibc 2.39'")
+    w.add_argument("--have", help="a `pip list --format=freeze` of the destination: what it has is not carried")
+    w.add_argument("--exclude", action="append", default=[], metavar="NAME",
+                   help="leave out this distribution (fnmatch pattern, e.g. 'flashinfer-*') and what only it needs")
+    w.add_argument("--out", help="where to write the wheelhouse (or its pieces piece-NN with --split-mib)")
+    w.add_argument("--split-mib", type=float, help="pieces of at most this many MiB; larger wheels in byte chunks")
+    w.add_argument("--rejoin", nargs="+", metavar="PIECE_DIR", help="join these pieces (verifying every sha256)")
+    w.add_argument("--into", help="with --rejoin: the wheelhouse folder to write")
+
+
+def _run_wheelhouse(args: argparse.Namespace) -> int:
+    try:
+        if args.rejoin:
+            if not args.into:
+                raise VllmcompatError("--rejoin needs --into DIR")
+            data = pieces.rejoin([Path(p) for p in args.rejoin], Path(args.into))
+            print(f"wheelhouse {args.into}: {len(data['files'])} wheels verified (sha256) for {data['cell']['session']}")
+            return 0
+        if not (args.lane and args.vllm and args.transformers and args.out):
+            raise VllmcompatError("give the cell (LANE --vllm X --transformers 4|5) and --out DIR, or --rejoin")
+        seed = matrix.load()
+        dest = wheelhouse.destination(args.python_version, args.platform)
+        have = wheelhouse.read_have(Path(args.have)) if args.have else {}
+        plan = wheelhouse.plan_wheels(seed, args.lane, args.vllm, args.transformers, args.target or seed.default_target,
+                                      dest, have, args.exclude)
+        cache = wheelhouse.cache_dir()
+        files = wheelhouse.fetch(plan, cache)
+        data = wheelhouse.manifest(plan, files, str(args.have or ""), args.exclude)
+        split = int(args.split_mib * 2**20) if args.split_mib else None
+        folders = wheelhouse.write(plan, files, cache, Path(args.out), data, split)
+    except (VllmcompatError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print("\n".join(wheelhouse.lines(plan, data, folders)))
+    return 0

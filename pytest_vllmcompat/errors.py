@@ -36,6 +36,14 @@ class IndexUnavailable(VllmcompatError, RuntimeError):
     """The package index could not be read (a derived matrix, a wheel's metadata)."""
 
 
+class WheelhouseError(VllmcompatError, RuntimeError):
+    """A wheelhouse cannot be made, rejoined or installed from (the message names the file, the folder or the cell)."""
+
+
+class HostTorchError(VllmcompatError, RuntimeError):
+    """VLLMCOMPAT_HOST_TORCH was asked for and the host's torch is not the cell's (the message names both)."""
+
+
 class RuntimeUnavailable(VllmcompatError, RuntimeError):
     """A CPU-lane cell needs a newer C/C++ runtime and it cannot be obtained or entered here (says what to do)."""
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import time
 import urllib.request
 import zipfile
@@ -19,7 +20,7 @@ from email.parser import HeaderParser
 from pathlib import Path
 from typing import Any
 
-from packaging.utils import canonicalize_name
+from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
 
 from ..errors import IndexUnavailable
@@ -80,6 +81,31 @@ def releases(name: str) -> list[Version]:
         if not (version.is_prerelease or version.is_devrelease):
             found.add(version)
     return sorted(found)
+
+
+def wheel_files(name: str, version: str) -> list[dict[str, Any]]:
+    """The index's wheel files of `name==version` (PEP 691 entries: filename, url, hashes, size)."""
+    found = []
+    for f in _project(name)["files"]:
+        try:
+            if f["filename"].endswith(".whl") and parse_wheel_filename(f["filename"])[1] == Version(version):
+                found.append(f)
+        except (InvalidWheelFilename, InvalidVersion):
+            continue
+    return found
+
+
+def download(url: str, path: Path, timeout: float = 120.0) -> None:
+    """Fetch `url` into `path` (written beside it first, then renamed: a broken transfer leaves no file)."""
+    partial = path.with_name(path.name + ".partial")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response, partial.open("wb") as out:
+            shutil.copyfileobj(response, out, 1 << 20)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise IndexUnavailable(f"cannot download {url} ({exc})") from None
+    partial.replace(path)
 
 
 def metadata(name: str, version: str) -> Message:

@@ -9,6 +9,7 @@ The noxfile, the plan checker and the benchmark call this module; nothing else k
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,11 @@ from packaging.utils import canonicalize_name
 from ..errors import MatrixError
 from ..matrix import Cell, Matrix, is_local_target
 from . import cpu_pins, engine_route
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 TARGET_ENV = "VLLMCOMPAT_TARGET"
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
@@ -74,6 +80,13 @@ def install_plan(matrix: Matrix, cell: Cell, plugin_source: Path | None = REPO_R
     if plugin_source is not None:
         requirements.append(f"-e {plugin_source}")
     return InstallPlan(cell, tuple(requirements), tuple(overrides), post)
+
+
+def project_requirements(root: Path = REPO_ROOT) -> tuple[list[str], list[str]]:
+    """(this project's own dependencies, its build-system requires), from its pyproject.toml: what an offline
+    editable install of the checkout needs besides the cell (the build backend runs in an isolated environment)."""
+    data = tomllib.loads((root / "pyproject.toml").read_text())
+    return list(data["project"].get("dependencies", [])), list(data.get("build-system", {}).get("requires", []))
 
 
 def _with_extras(target: str, extras: tuple[str, ...]) -> str:

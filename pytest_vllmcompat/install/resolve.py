@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import importlib.util
 import re
 import shutil
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,35 +52,103 @@ def uv_command() -> list[str]:
     raise FileNotFoundError("uv not found: install it (`pip install uv`, part of this project's [dev] extra)")
 
 
-def resolve_plan(plan: InstallPlan, python_version: str, platform: str = DEFAULT_PLATFORM,
-                 timeout: float = 300.0) -> ResolvedPlan:
-    """Resolve `plan` with `uv pip compile` for `python_version` / `platform` (metadata only, no wheel
-    downloads) and return the pins; raise PlanResolutionError naming the cell and quoting the resolver."""
-    requirements = [r for r in plan.requirements if not _is_plugin_line(r)]
+def _compile(plan: InstallPlan, python_version: str, platform: str, timeout: float, annotate: bool,
+             prefer: Mapping[str, str] | None = None, extra: Sequence[str] = ()) -> tuple[str, float]:
+    """`uv pip compile` of `plan` (+ `extra` requirement lines); `prefer`: versions uv keeps where they fit (written
+    as the existing output file, which uv reads as preferences). Returns (uv's output, seconds)."""
+    requirements = [r for r in plan.requirements if not _is_plugin_line(r)] + list(extra)
     with tempfile.TemporaryDirectory(prefix="vllmcompat-plan-") as tmp:
-        req, ovr = Path(tmp, "requirements.in"), Path(tmp, "overrides.txt")
+        req, ovr, out_file = Path(tmp, "requirements.in"), Path(tmp, "overrides.txt"), Path(tmp, "lock.txt")
         req.write_text("\n".join(requirements) + "\n")
-        cmd = [*uv_command(), "pip", "compile", "--quiet", "--no-header", "--no-annotate",
-               "--python-version", python_version, "--python-platform", platform, str(req)]
+        cmd = [*uv_command(), "pip", "compile", "--quiet", "--no-header", "--python-version", python_version,
+               "--python-platform", platform, str(req)]
+        cmd += [] if annotate else ["--no-annotate"]
         if plan.overrides:
             ovr.write_text("\n".join(plan.overrides) + "\n")
             cmd += ["--override", str(ovr)]
+        if prefer:
+            out_file.write_text("".join(f"{n}=={v}\n" for n, v in sorted(prefer.items())))
+            cmd += ["--output-file", str(out_file)]
         started = time.monotonic()
         try:
             out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
             raise PlanResolutionError(plan.cell, f"uv pip compile did not finish within {timeout:.0f} s", cmd) from None
         seconds = time.monotonic() - started
-    if out.returncode != 0:
-        message = (out.stderr.strip() or out.stdout.strip() or f"uv exited with {out.returncode}")
-        raise PlanResolutionError(plan.cell, message, cmd)
+        if out.returncode != 0:
+            message = (out.stderr.strip() or out.stdout.strip() or f"uv exited with {out.returncode}")
+            raise PlanResolutionError(plan.cell, message, cmd)
+        return (out_file.read_text() if prefer else out.stdout), seconds
+
+
+def _pins(text: str) -> dict[str, str]:
     pins = {}
-    for line in out.stdout.splitlines():
+    for line in text.splitlines():
         line = line.split("#", 1)[0].strip()
         if "==" in line and not line.startswith("-"):
             name, version = line.split("==", 1)
             pins[_normalize_name(name.split("[", 1)[0].strip())] = version.split(";", 1)[0].strip()
-    return ResolvedPlan(plan.cell, python_version, platform, pins, seconds)
+    return pins
+
+
+def resolve_plan(plan: InstallPlan, python_version: str, platform: str = DEFAULT_PLATFORM,
+                 timeout: float = 300.0) -> ResolvedPlan:
+    """Resolve `plan` with `uv pip compile` for `python_version` / `platform` (metadata only, no wheel
+    downloads) and return the pins; raise PlanResolutionError naming the cell and quoting the resolver."""
+    text, seconds = _compile(plan, python_version, platform, timeout, annotate=False)
+    return ResolvedPlan(plan.cell, python_version, platform, _pins(text), seconds)
+
+
+@dataclass(frozen=True)
+class Lock:
+    """A cell's resolution with what required what: the pins a cell installs with --no-deps."""
+
+    resolved: ResolvedPlan
+    parents: dict[str, frozenset[str]]  # name -> the names that require it ("" : a requirement of the plan)
+    excluded: dict[str, str]  # name -> why it was left out (an --exclude pattern, or "only for NAME, ...")
+
+    @property
+    def pins(self) -> dict[str, str]:
+        return {n: v for n, v in self.resolved.pins.items() if n not in self.excluded}
+
+
+def resolve_lock(plan: InstallPlan, python_version: str, platform: str = DEFAULT_PLATFORM,
+                 prefer: Mapping[str, str] | None = None, exclude: Sequence[str] = (), extra: Sequence[str] = (),
+                 timeout: float = 300.0) -> Lock:
+    """Resolve `plan` preferring the versions in `prefer` where they fit (a host's packages), then leave out the
+    distributions named by `exclude` (fnmatch patterns on normalized names, e.g. `flashinfer-*`) and those that
+    only they require."""
+    text, seconds = _compile(plan, python_version, platform, timeout, annotate=True, prefer=prefer, extra=extra)
+    resolved = ResolvedPlan(plan.cell, python_version, platform, _pins(text), seconds)
+    parents = _parents(text)
+    patterns = [_normalize_name(p) for p in exclude]
+    excluded = {n: f"--exclude {p}" for n in resolved.pins for p in patterns if fnmatch.fnmatchcase(n, p)}
+    changed = True
+    while changed:  # orphans: every package requiring it is left out
+        changed = False
+        for name in resolved.pins:
+            needers = parents.get(name, frozenset())
+            if name not in excluded and needers and "" not in needers and needers <= set(excluded):
+                excluded[name] = "only for " + ", ".join(sorted(needers))
+                changed = True
+    return Lock(resolved, parents, excluded)
+
+
+def _parents(text: str) -> dict[str, frozenset[str]]:
+    """uv's `# via` annotations: name -> the names that require it ("" for the plan's own files)."""
+    found: dict[str, set[str]] = {}
+    current = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if raw and not raw[0].isspace() and "==" in raw:
+            current = _normalize_name(raw.split("==", 1)[0].split("[", 1)[0].strip())
+            found.setdefault(current, set())
+        elif current and line.startswith("#"):
+            entry = line.lstrip("#").strip()
+            entry = entry[len("via"):].strip() if entry.startswith("via") else entry
+            if entry:
+                found[current].add("" if entry.startswith("-") else _normalize_name(entry.split()[0]))
+    return {n: frozenset(p) for n, p in found.items()}
 
 
 def _is_plugin_line(requirement: str) -> bool:

@@ -24,7 +24,7 @@ from packaging.version import Version
 
 from ..errors import MatrixError
 from ..matrix import Matrix, is_local_target
-from . import index
+from . import index, offline
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -51,6 +51,9 @@ def cells_for_target(matrix: Matrix, target: str) -> TargetCells:
     if target in matrix.targets or target == matrix.default_target:
         return TargetCells(target, matrix.supported_vllm, f"{matrix.path.name} (the seed matrix of its targets)",
                            tuple((v, tuple(matrix.transformers)) for v in matrix.vllm_versions))
+    recorded = offline.manifest_cells(target)  # a wheelhouse (VLLMCOMPAT_WHEELHOUSE) carries its target's cells
+    if recorded is not None:
+        return TargetCells(target, *recorded)
     base, extra, source = _declared_requirements(matrix, target)
     vllm_req = _named(extra, "vllm")
     if vllm_req is None or not str(vllm_req.specifier):

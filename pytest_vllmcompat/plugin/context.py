@@ -12,7 +12,7 @@ import pytest
 
 from .. import host, matrix
 from ..errors import VllmcompatError
-from ..install import engine_route
+from ..install import engine_route, host_torch
 from ..install import installed as cellinfo
 from ..install.target_range import target_matrix
 from ..matrix import Cell, Matrix
@@ -41,6 +41,8 @@ class Context:
             f"vllmcompat engine: {engine_route.description()}",
             f"vllmcompat model: {self.model or f'built-in tiny model (cache {self.cache_dir})'}",
         ]
+        if host_torch.torch_source() == "host":
+            lines.append(f"vllmcompat torch: torch from the host ({v['torch']}, {host_torch.torch_location()})")
         if self.matrix_problem:
             lines.append(f"vllmcompat matrix: {self.matrix_problem}")
         return lines

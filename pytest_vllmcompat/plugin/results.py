@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from .. import host
-from ..install import engine_route
+from ..install import engine_route, host_torch
 from ..install import installed as cellinfo
 from ..matrix import target_label
 from ..report import schema
@@ -251,5 +251,6 @@ def cell_record(ctx: Context) -> schema.CellRecord:
         matrix_cell=ctx.cell is not None, matrix_problem=ctx.matrix_problem, modes=list(ctx.modes),
         host=schema.HostRecord(name=socket.gethostname(), os=host.host_description(),
                                glibcxx=".".join(map(str, level)) if level else None, gpus=host.gpu_count(),
-                               engine=engine_route.description(with_loader=False)),
+                               engine=engine_route.description(with_loader=False),
+                               torch_source=host_torch.torch_source()),
     )

@@ -4,7 +4,7 @@ Schema (version 1)::
 
     {"schema": 1, "cell": {session, vllm, vllm_description, transformers_line, transformers, torch, lane,
      target, target_label, backend, backend_version, matrix_cell, matrix_problem, modes,
-     host: {name, os, glibcxx, gpus, engine}},
+     host: {name, os, glibcxx, gpus, engine, torch_source}},
      "started", "finished", "duration", "exit_status",
      "counts": {passed, failed, skipped, xfailed, xpassed, error},
      "startup": {"colocate_engine": [s, ...], "server": [s, ...]},
@@ -16,6 +16,8 @@ Schema (version 1)::
                 known_failure?: {cause, match, state}, substituted?: [what, ...],
                 measured?: {name: value}}]}
 
+`cell.host.torch_source`: "host" when the cell ran on the host interpreter's torch (VLLMCOMPAT_HOST_TORCH), "cell"
+when it installed its own, null without torch.
 `skip_kind`: lane (a GPU-only test on a lane without GPUs), not-applicable, host. `known_failure.state`:
 confirmed (failed with its declared cause), mismatch (failed otherwise: a failure), xpass (passed: a failure),
 unverified (skipped here). A result with `selection.partial` comes from a run that did not select the whole suite
@@ -49,6 +51,7 @@ class HostRecord:
     glibcxx: str | None
     gpus: int
     engine: str | None = None  # how the cell's engine ran on this host (install/engine_route.description)
+    torch_source: str | None = None  # "host": the host interpreter's torch (VLLMCOMPAT_HOST_TORCH), "cell": its own
 
 
 @dataclass

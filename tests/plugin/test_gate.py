@@ -233,7 +233,8 @@ def test_plugin_writes_the_cell_result(pytester, monkeypatch):
     cell = data["cell"]
     assert (cell["session"], cell["vllm"], cell["transformers_line"], cell["transformers"]) == ("vllm-0.11.1(tf4)", "0.11.1", "4", "4.57.6")
     assert (cell["lane"], cell["target"], cell["backend_version"], cell["matrix_cell"]) == ("cpu", "trl==0.29.1", "0.29.1", True)
-    assert set(cell["host"]) == {"name", "os", "glibcxx", "gpus", "engine"}
+    assert set(cell["host"]) == {"name", "os", "glibcxx", "gpus", "engine", "torch_source"}
+    assert cell["host"]["torch_source"] in (None, "cell")  # no torch here, or the cell's own
     assert data["exit_status"] == 1 and data["startup"] == {"colocate_engine": [12.5]}
     assert data["counts"] == {"passed": 1, "failed": 2, "skipped": 1, "xfailed": 1, "xpassed": 0, "error": 1}
     tests = {t["nodeid"].split("::")[1]: t for t in data["tests"]}

@@ -22,7 +22,9 @@ def nox_list(tmp_path, **env):
     ({"VLLMCOMPAT_LANE": "cpux"}, "error: unknown lane 'cpux': valid are auto, cpu, cuda"),
     ({"VLLMCOMPAT_TARGET": "/nonexistent"}, "error: VLLMCOMPAT_TARGET=/nonexistent: not a checkout of trl"),
     ({"VLLMCOMPAT_TARGET": "tlr==0.29.1"}, "error: VLLMCOMPAT_TARGET=tlr==0.29.1: the backend is trl, not tlr"),
-], ids=["lane", "checkout", "backend-name"])
+    ({"VLLMCOMPAT_WHEELHOUSE": "/nonexistent"}, "error: VLLMCOMPAT_WHEELHOUSE=/nonexistent: no wheelhouse there"),
+    ({"VLLMCOMPAT_HOST_TORCH": "/nonexistent/python"}, "error: VLLMCOMPAT_HOST_TORCH=/nonexistent/python: no interpreter"),
+], ids=["lane", "checkout", "backend-name", "wheelhouse", "host-torch"])
 def test_bad_setting_stops_nox_with_one_line(tmp_path, env, message):
     proc = nox_list(tmp_path, **env)
     assert proc.returncode != 0
