@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from functools import cached_property
 
 from ..errors import Unsupported
 from .sampling import SamplingOptions
@@ -18,6 +20,27 @@ class Release:
     token_id_prompts: bool  # VLLMGeneration.generate(prompts: list[list[int]], images, num_generations)
     init_params: frozenset  # VLLMGeneration.__init__ parameter names
     client_params: frozenset  # VLLMClient.generate parameter names
+
+    @cached_property
+    def server_is_vllm_serve(self) -> bool:
+        """`trl vllm-serve` execs stock `vllm serve` (TRL 1.11+: the OpenAI API, vLLM's dev endpoints, no TRL
+        endpoints) rather than serving TRL's own FastAPI app (/generate/, /chat/, ...). Read from its source, which
+        needs no import (importing it would import vLLM)."""
+        path = os.path.join(self.location, "scripts", "vllm_serve.py")
+        try:
+            with open(path, encoding="utf-8") as f:
+                return "vllm.entrypoints.cli.main" in f.read()
+        except OSError:
+            return False
+
+    @property
+    def server_paths(self) -> dict[str, str]:
+        """The HTTP paths the backend's client uses for each purpose, by server kind."""
+        if self.server_is_vllm_serve:
+            return {"generate": "/v1/completions", "chat": "/v1/chat/completions", "health": "/health",
+                    "world_size": "/get_world_size", "reset_prefix_cache": "/reset_prefix_cache"}
+        return {"generate": "/generate/", "chat": "/chat/", "health": "/health/", "world_size": "/get_world_size/",
+                "reset_prefix_cache": "/reset_prefix_cache/"}
 
     @property
     def supports_logprobs_option(self) -> bool:

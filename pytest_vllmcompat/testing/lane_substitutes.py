@@ -12,6 +12,10 @@ and nothing else; every other request the trainer makes (/health/, /get_world_si
 transport: on a CPU torch it raises before the call, so `torch.cuda.current_device` answers 0 (VLLMClient's
 default device) while no CUDA device exists, and the record says how often it was asked.
 
+TRL 1.11+ (`trl vllm-serve` runs stock `vllm serve`) streams the weights with `update_named_params` (POST
+/update_weights, then an NCCL stream into vLLM's weight-transfer engine), which is replaced the same way;
+`init_communicator` gets the accelerator's device there, and its GET /get_world_size stays real.
+
 Tests that use it declare `SERVER_WEIGHT_SYNC` (the `vllm_lane_substitute` fixture): the test's report and the
 cell's results then say "server weight sync not exercised on the cpu lane". The CUDA lane runs the same tests
 without this module.
@@ -70,6 +74,9 @@ def replace_server_weight_transport(client_cls: Any) -> WeightTransportRecord:
 
     def init_communicator(self: Any, device: Any = 0) -> None:
         record.init_devices.append(device)
+        if hasattr(client_cls, "get_world_size"):  # TRL 1.11+: GET /get_world_size of vLLM's dev endpoints
+            record.world_sizes.append(int(self.get_world_size()))  # read-only; kept real
+            return
         with self.session.get(f"{self.base_url}/get_world_size/") as response:  # read-only; kept real
             response.raise_for_status()
             record.world_sizes.append(int(response.json()["world_size"]))
@@ -77,11 +84,18 @@ def replace_server_weight_transport(client_cls: Any) -> WeightTransportRecord:
     def update_named_param(self: Any, name: str, weights: Any) -> None:
         record.param(name, weights)
 
+    def update_named_params(self: Any, metadata: Any, named_params: Any) -> None:
+        """TRL 1.11+: announce every tensor (POST /update_weights), then stream them over NCCL; here: record each."""
+        for name, weights in named_params:
+            record.param(name, weights)
+
     def close_communicator(self: Any) -> None:
         record.closes += 1
 
     client_cls.init_communicator = init_communicator
     client_cls.update_named_param = update_named_param
+    if hasattr(client_cls, "update_named_params"):
+        client_cls.update_named_params = update_named_params
     client_cls.close_communicator = close_communicator
     if not torch.cuda.is_available():
         def current_device() -> int:

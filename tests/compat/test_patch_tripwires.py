@@ -57,8 +57,16 @@ PROBE = textwrap.dedent(
             assert list(cached.all_special_ids) == list(tok.all_special_ids)
         return run
 
-    import vllm.model_executor.model_loader.weight_utils as wu
-    import vllm.transformers_utils.tokenizer as tk
+    import importlib
+
+    def module(name):  # a later vLLM may have moved or dropped the module: then the patched name is absent too
+        try:
+            return importlib.import_module(name)
+        except ImportError:
+            return None
+
+    wu = module("vllm.model_executor.model_loader.weight_utils")
+    tk = module("vllm.transformers_utils.tokenizer")
     early_tqdm = getattr(wu, "DisabledTqdm", None)  # as `from ... import` would bind it, where it exists
     early_tok = getattr(tk, "get_cached_tokenizer", None)
     out = {}

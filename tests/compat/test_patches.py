@@ -19,7 +19,12 @@ PROBE = textwrap.dedent(
         "DisabledTqdm": "vllm.model_executor.model_loader.weight_utils",
         "get_cached_tokenizer": "vllm.transformers_utils.tokenizer",
     }
-    modules = {name: importlib.import_module(mod) for name, mod in TARGETS.items()}
+    def module(name):  # a later vLLM may have moved or dropped the module: then the patched name is absent
+        try:
+            return importlib.import_module(name)
+        except ImportError:
+            return None
+    modules = {name: module(mod) for name, mod in TARGETS.items()}
     originals = {name: getattr(modules[name], name, None) for name in TARGETS}
     import trl  # applies the backend's patches
     now = {name: getattr(modules[name], name, None) for name in TARGETS}

@@ -18,6 +18,14 @@ from pytest_vllmcompat.testing.reference import CONVERSATIONS, MAX_TOKENS
 
 pytestmark = pytest.mark.vllm_mode("server")
 
+@pytest.fixture(autouse=True)
+def trl_endpoints(vllm_backend):
+    """These are TRL's own server endpoints; TRL 1.11+ runs stock `vllm serve` instead."""
+    if vllm_backend.server_is_vllm_serve:
+        pytest.skip(f"not applicable: TRL {vllm_backend.version}'s `trl vllm-serve` execs stock `vllm serve` (no TRL "
+                    "endpoints): tests/compat/test_vllm_serve_wrapper.py tests that server")
+
+
 HTTP_TIMEOUT = 60  # s; generous for a 2-core CPU runner, the calls below take well under a second unloaded
 BREAKING_TIMEOUT = 120  # s; last resort for a request that may break the server (post_watching fails sooner)
 

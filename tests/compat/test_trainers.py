@@ -264,36 +264,51 @@ def server_summary(outcomes: dict, name: str, measure=None) -> dict:
     return outcome["summary"]
 
 
+def generations(requests: list) -> list:
+    """The generation requests among those a server run recorded (every release's paths: trainer_run.py)."""
+    return [r for r in requests if r["path"] in trainer_run.GENERATION_PATHS]
+
+
+def prompts_of(body: dict) -> dict:
+    """{count, first} of a recorded generation request's prompts, whatever the release calls the field."""
+    return body.get("prompts") or body.get("messages") or body.get("prompt")
+
+
 def check_server_run(summary: dict, backend, lane: str, chat: bool) -> None:
     """What the trainer sent is what its settings say; on the CPU lane, the weights it pushed are the trained ones."""
     assert summary["global_step"] == STEPS
     assert summary["hf_changed"], "training did not change the HF weights"
-    gens = [r for r in summary["requests"] if r["path"] in ("/generate/", "/chat/")]
+    gens = generations(summary["requests"])
     assert len(gens) >= STEPS, f"expected a generation request per step, got {[r['path'] for r in summary['requests']]}"
-    # 0.29.1 tokenizes in the trainer and sends ids to /generate/; 0.28.0/0.29.0 send text, chat to /chat/.
-    path = "/chat/" if chat and not backend.token_id_prompts else "/generate/"
+    # 0.29.1+ tokenize in the trainer and send ids to /generate/ (1.11+: /v1/completions); 0.28.0/0.29.0 send
+    # text, chat to /chat/.
+    path = backend.server_paths["chat" if chat and not backend.token_id_prompts else "generate"]
     for r in gens:
         body = r["json"]
         assert r["path"] == path, f"{r['path']} instead of {path}"
         # The trainer's settings (trainer_run.py): 4 generations of the step's one unique prompt, T=2, 8 tokens.
         assert (body["n"], body["temperature"], body["max_tokens"]) == (4, 2.0, 8), body
-        prompts = body.get("prompts") or body.get("messages")
+        prompts = prompts_of(body)
         assert prompts["count"] == 1, body
-        if path == "/generate/":
+        if path == backend.server_paths["generate"]:
             assert isinstance(prompts["first"], list if backend.token_id_prompts else str), body
     if lane != "cpu":
         assert summary["greedy_changed_after_sync"], "the server's greedy output did not follow the trained weights"
         return
     transport = summary["transport"]
-    assert transport["init_devices"] == ["0"] and transport["world_sizes"] == [1], transport
+    # The device the trainer hands init_communicator: torch.cuda.current_device() (answered 0 by the substitute off
+    # CUDA) up to 1.10, the accelerator's device (cpu here) from 1.11 on.
+    device = "cpu" if backend.server_is_vllm_serve else "0"
+    assert transport["init_devices"] == [device] and transport["world_sizes"] == [1], transport
     syncs = transport["syncs"]
     # TRL syncs at a step whose global_step differs from the last loaded one, and the run syncs once more at the end.
     assert len(syncs) >= 2, f"{len(syncs)} weight sync round(s)"
     assert set(syncs[-1]) == set(summary["hf_after"]), "the trainer did not push every parameter under its name"
     assert syncs[-1] == summary["hf_after"], "the last sync did not push the trained weights (dtype, shape, bytes)"
     assert syncs[0] != syncs[-1], "every sync pushed the same weights: training never reached the transport"
-    resets = [r for r in summary["requests"] if r["path"] == "/reset_prefix_cache/"]
-    assert len(resets) == len(syncs), f"{len(resets)} POST /reset_prefix_cache/ for {len(syncs)} syncs"
+    reset = backend.server_paths["reset_prefix_cache"]
+    resets = [r for r in summary["requests"] if r["path"] == reset]
+    assert len(resets) == len(syncs), f"{len(resets)} POST {reset} for {len(syncs)} syncs"
 
 
 @server
@@ -326,7 +341,7 @@ def test_grpo_server_evaluation_uses_num_generations_eval(server_run_summary):
     """`num_generations_eval` replaces num_generations in eval mode: trainer.evaluate() after training sends the
     eval prompt once with n=2 (GRPOTrainer._generate_single_turn), at the trainer's temperature and length."""
     summary = server_run_summary("grpo-plain")
-    gens = [r for r in summary["eval_requests"] if r["path"] in ("/generate/", "/chat/")]
+    gens = generations(summary["eval_requests"])
     assert gens, f"evaluate() sent no generation request: {[r['path'] for r in summary['eval_requests']]}"
     for r in gens:
         body = r["json"]
@@ -341,12 +356,12 @@ def test_grpo_server_chat_template_kwargs_reach_the_template(server_run_summary,
     messages to /chat/ for the server's LLM.chat (the request carries it unchanged)."""
     summary = server_run_summary("grpo-chat-kwargs")
     check_server_run(summary, vllm_backend, vllmcompat_context.lane, chat=True)
-    gens = [r for r in summary["requests"] if r["path"] in ("/generate/", "/chat/")]
+    gens = generations(summary["requests"])
     if vllm_backend.token_id_prompts:
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(str(vllm_model_dir))
-        texts = [tokenizer.decode(r["json"]["prompts"]["first"]) for r in gens]
+        texts = [tokenizer.decode(prompts_of(r["json"])["first"]) for r in gens]
         assert all(t.startswith("Hi\n") for t in texts), texts
     else:
         assert all(r["json"].get("chat_template_kwargs") == {"greeting": "Hi"} for r in gens), gens
@@ -363,8 +378,8 @@ def test_grpo_server_rollout_func_replaces_the_trainers_generation(server_run_su
     assert summary["global_step"] == STEPS and summary["hf_changed"]
     calls = summary["rollout_calls"]
     assert len(calls) == STEPS and all(c == {"count": 4, "type": "str"} for c in calls), calls
-    gens = [r["json"] for r in summary["requests"] if r["path"] in ("/generate/", "/chat/")]
-    assert len(gens) == STEPS and all((g["n"], g["prompts"]["count"]) == (1, 4) for g in gens), gens
+    gens = [r["json"] for r in generations(summary["requests"])]
+    assert len(gens) == STEPS and all((g["n"], prompts_of(g)["count"]) == (1, 4) for g in gens), gens
     assert summary["reward_extra_fields"] == [[f"rollout-{i}"] * 4 for i in range(1, STEPS + 1)], \
         summary["reward_extra_fields"]
 
@@ -379,7 +394,7 @@ def test_grpo_server_tool_call_history_reaches_the_template(server_run_summary, 
 
     summary = server_run_summary("grpo-tool-call-history")
     assert summary["global_step"] == STEPS and summary["hf_changed"]
-    gens = [r for r in summary["requests"] if r["path"] in ("/generate/", "/chat/")]
+    gens = generations(summary["requests"])
     assert gens, [r["path"] for r in summary["requests"]]
     tokenizer = AutoTokenizer.from_pretrained(str(vllm_model_dir))
     expected = {tuple(tokenizer.apply_chat_template(trainer_run.tool_call_history(p), add_generation_prompt=True,

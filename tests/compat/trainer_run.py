@@ -273,7 +273,7 @@ def colocate_main(spec):
     os._exit(0)  # skip interpreter teardown of the in-process engine (threads, gloo) in this throwaway process
 
 
-GENERATION_PATHS = ("/generate/", "/chat/")
+GENERATION_PATHS = ("/generate/", "/chat/", "/v1/completions", "/v1/chat/completions")  # TRL's own; 1.11+: vLLM's
 
 
 def record_requests(base_url):
@@ -287,14 +287,17 @@ def record_requests(base_url):
     def request(self, method, url, *args, **kwargs):
         if str(url).startswith(base_url):
             body = dict(kwargs.get("json") or {})
-            for key in ("prompts", "messages"):
+            for key in ("prompts", "messages", "prompt"):
                 if key in body:
                     body[key] = {"count": len(body[key]), "first": body[key][0] if body[key] else None}
             entry = {"method": method.upper(), "path": str(url)[len(base_url.rstrip("/")):], "json": body}
             sent.append(entry)
             response = original(self, method, url, *args, **kwargs)
             if entry["path"] in GENERATION_PATHS and response.ok:  # the prompt ids the trainer got back
-                entry["first_prompt_ids"] = (response.json().get("prompt_ids") or [None])[0]
+                answer = response.json()
+                first = (answer.get("prompt_ids") or [None])[0]  # TRL's own server; vLLM's: per choice, or top level
+                choices = answer.get("choices") or [{}]
+                entry["first_prompt_ids"] = first or choices[0].get("prompt_token_ids") or answer.get("prompt_token_ids")
             return response
         return original(self, method, url, *args, **kwargs)
 
