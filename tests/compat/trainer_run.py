@@ -14,6 +14,7 @@ Colocate asserts inside; server reports each run's outcome (summary or traceback
 Used by tests/compat/test_trainers.py.
 """
 
+import inspect
 import json
 import os
 import random
@@ -47,12 +48,21 @@ ROLLOUT_CALLS = []  # what each rollout_func call received: the number of prompt
 
 def rollout(prompts, trainer):
     """A user's `rollout_func(prompts, trainer)`: one completion per prompt it is given, generated through the
-    trainer's own VLLMClient at the trainer's settings, plus an extra field that TRL forwards to the rewards."""
+    trainer's own VLLMClient at the trainer's settings, plus an extra field that TRL forwards to the rewards.
+
+    The logprobs it must return differ by release: where VLLMGeneration runs the rollout (0.28.0, 0.29.0), TRL
+    post-processes them as it does the client's own answer (0.29.0 keeps `lp[0]` of each position's rank-sorted
+    list, so they must stay lists; 0.28.0's client gives one float per position); where the trainer calls it
+    (0.29.1+) they are used as they are: one float per position. So they are handed back in the client's form
+    there, and as the sampled token's float here."""
+    from trl.generation.vllm_generation import VLLMGeneration
+
     ROLLOUT_CALLS.append({"count": len(prompts), "type": type(prompts[0]).__name__})
     out = trainer.vllm_generation.vllm_client.generate(prompts=list(prompts), n=1, temperature=TEMPERATURE,
                                                        max_tokens=MAX_COMPLETION)
-    # 0.29+ clients return rank-sorted top logprobs per position, 0.28.0 one float: TRL wants the sampled token's
-    logprobs = [[lp[0] if isinstance(lp, list) else lp for lp in row] for row in out["logprobs"]]
+    logprobs = out["logprobs"]
+    if "rollout_func" not in inspect.signature(VLLMGeneration.__init__).parameters:  # the trainer calls it
+        logprobs = [[lp[0] if isinstance(lp, list) else lp for lp in row] for row in logprobs]
     return {"prompt_ids": out["prompt_ids"], "completion_ids": out["completion_ids"], "logprobs": logprobs,
             "rollout_tag": [f"rollout-{len(ROLLOUT_CALLS)}"] * len(prompts)}
 
@@ -124,7 +134,6 @@ class NotApplicable(Exception):
 
 def build_trainer(spec, run, mode, **config):
     """(trainer, model, tokenizer) for one run: the tiny model in float32 on CPU, 8 prompts, 4 generations each."""
-    import inspect
 
     import torch
     import trl
