@@ -13,13 +13,22 @@ from packaging.version import Version
 @pytest.mark.parametrize("module, names", [
     ("trl.generation.vllm_generation", ["VLLMGeneration"]),
     ("trl.generation.vllm_client", ["VLLMClient"]),
-    ("trl.scripts.vllm_serve", ["main", "make_parser", "llm_worker"]),
+    ("trl.scripts.vllm_serve", ["main", "make_parser"]),
     ("trl", ["GRPOTrainer", "GRPOConfig", "RLOOTrainer", "RLOOConfig"]),
 ])
 def test_backend_module_imports(module, names):
     mod = importlib.import_module(module)
     for name in names:
         assert callable(getattr(mod, name)), f"{module}.{name}"
+
+
+@pytest.mark.backend
+def test_the_servers_llm_worker_exists_where_trl_serves_its_own_app(vllm_backend):
+    """TRL's own server runs vLLM in `llm_worker` processes; TRL 1.11+ execs stock `vllm serve` instead."""
+    if vllm_backend.server_is_vllm_serve:
+        pytest.skip(f"not applicable: TRL {vllm_backend.version}'s `trl vllm-serve` execs stock `vllm serve` (no "
+                    "llm_worker): tests/compat/test_vllm_serve_wrapper.py")
+    assert callable(importlib.import_module("trl.scripts.vllm_serve").llm_worker)
 
 
 @pytest.mark.backend
