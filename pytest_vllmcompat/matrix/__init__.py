@@ -59,7 +59,7 @@ class KnownFailure:
     test: str | tuple[str, ...]  # one node-id pattern, or several
     cause: str
     match: str
-    vllm: str = "*"
+    vllm: str | tuple[str, ...] = "*"  # a pattern, or several (the releases it was measured on)
     transformers: str = "*"
     lane: str = "*"
     target: str = "*"
@@ -68,13 +68,13 @@ class KnownFailure:
 
     def applies_to(self, cell: Cell, nodeid: str, markers: frozenset[str] = frozenset()) -> bool:
         pairs = [
-            (cell.vllm, self.vllm),
             (cell.transformers, self.transformers),
             (cell.lane, self.lane),
             (cell.target_label, self.target),
         ]
-        return (all(fnmatch.fnmatchcase(v, p) for v, p in pairs) and any(fnmatch.fnmatchcase(nodeid, t) for t in self.tests)
-                and (not self.marker or self.marker in markers))
+        vllm = (self.vllm,) if isinstance(self.vllm, str) else self.vllm
+        return (all(fnmatch.fnmatchcase(v, p) for v, p in pairs) and any(fnmatch.fnmatchcase(cell.vllm, p) for p in vllm)
+                and any(fnmatch.fnmatchcase(nodeid, t) for t in self.tests) and (not self.marker or self.marker in markers))
 
     @property
     def tests(self) -> tuple[str, ...]:
@@ -130,6 +130,13 @@ class Matrix:
 def _check_choice(what: str, value: str, valid: tuple[str, ...]) -> None:
     if value not in valid:
         raise MatrixError(f"unknown {what} {value!r}: valid are {', '.join(valid)}")
+
+
+def _is_exact_version(text: str) -> bool:
+    try:
+        return str(Version(text)) == text
+    except InvalidVersion:
+        return False
 
 
 def _is_release_of(target: str, backend_name: str) -> bool:
@@ -231,10 +238,11 @@ class _Reader(Reader):
                     raise self.fail(f"{prefix}.{key}", "is missing (every known failure names its tests, its cause, "
                                     "and `match`: a regular expression its failure text must contain)")
             node = dict(node)
-            if isinstance(node["test"], list):
-                node["test"] = self.strings("test", node, prefix)
+            for key in ("test", "vllm"):
+                if isinstance(node.get(key), list):
+                    node[key] = self.strings(key, node, prefix)
             for key, value in node.items():
-                if not isinstance(value, (str, tuple)) or (key != "test" and not isinstance(value, str)):
+                if not isinstance(value, (str, tuple)) or (key not in ("test", "vllm") and not isinstance(value, str)):
                     raise self.fail(f"{prefix}.{key}", f"must be a string, got {value!r}")
             try:
                 re.compile(node["match"])
@@ -244,8 +252,12 @@ class _Reader(Reader):
             # failures may name vLLM versions outside the seed matrix.
             later = _is_release_of(node.get("target", ""), backend_name) and node["target"] not in targets
             for key, values in declared.items():
-                pattern = node.get(key, "*")
-                if not (later and key in ("target", "vllm")) and not any(fnmatch.fnmatchcase(v, pattern) for v in values):
-                    raise self.fail(f"{prefix}.{key}", f"{pattern!r} matches no declared {key} ({', '.join(values)})")
+                patterns = node.get(key, "*")
+                for pattern in (patterns,) if isinstance(patterns, str) else patterns:
+                    # An exact vLLM version above the seed matrix's: a cell of a later target's own range.
+                    beyond = key == "vllm" and _is_exact_version(pattern) and Version(pattern) > max(map(Version, values))
+                    if not (later and key in ("target", "vllm")) and not beyond \
+                            and not any(fnmatch.fnmatchcase(v, pattern) for v in values):
+                        raise self.fail(f"{prefix}.{key}", f"{pattern!r} matches no declared {key} ({', '.join(values)})")
             result.append(KnownFailure(**node))
         return tuple(result)

@@ -61,6 +61,14 @@ def cmdline(pid: int) -> str:
         return ""
 
 
+def comm(pid: int) -> str:
+    """The process's command name (/proc/<pid>/comm), "" when it is gone."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
 def wchan(pid: int) -> str:
     """Where in the kernel the process's main thread waits ("do_wait": in waitpid, i.e. waiting for a child to
     exit), "" when unknown."""

@@ -61,14 +61,25 @@ def _log_from(path: Path, offset: int) -> str:
         return ""
 
 
+# Children a healthy process waits for: torch inductor compiles C++ kernels on first use (a vLLM worker or engine core
+# then sits in do_wait on g++), so such a wait is work, not an exit.
+COMPILERS = ("cc1plus", "cc1", "g++", "gcc", "c++", "cc", "ld", "as", "collect2", "clang", "clang++")
+
+
 def exiting_worker(server: Server) -> int | None:
     """A worker process of the server (its process group, not the server itself) whose main thread waits in
     waitpid for children that do not exit: an exiting worker. (A healthy `llm_worker` waits on its pipe; seen on
-    vLLM 0.11.1: the worker forked by `trl vllm-serve` sat in do_wait after the ValueError, its EngineCore alive.)"""
+    vLLM 0.11.1: the worker forked by `trl vllm-serve` sat in do_wait after the ValueError, its EngineCore alive.)
+    Only TRL's own worker processes qualify: vLLM's (titled `VLLM::...`) and any process waiting on a compiler are
+    working (seen on vLLM 0.22.0: a worker compiling an inductor kernel looked exiting, and stopping its g++ killed
+    the engine)."""
     if server.pid is None:
         return None
     for pid in procfs.group_members(server.pid):
-        if pid != server.pid and procfs.wchan(pid) == "do_wait" and procfs.children(pid):
+        if pid == server.pid or procfs.wchan(pid) != "do_wait" or procfs.cmdline(pid).startswith("VLLM::"):
+            continue
+        children = procfs.children(pid)
+        if children and not any(procfs.comm(child) in COMPILERS for child in children):
             return pid
     return None
 

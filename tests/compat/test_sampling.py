@@ -102,11 +102,21 @@ def test_colocate_greedy_with_n_repeats_the_greedy_completion(colocate_generator
 
 
 @pytest.mark.vllm_mode("server")
-def test_server_greedy_with_n_is_refused_with_500(server_client, vllm_server):
+def test_server_greedy_with_n_is_refused_with_500(server_client, vllm_server, vllm_backend):
     """Server mode passes n to vLLM's SamplingParams, which rejects greedy with n>1; the server answers 500 and
-    logs vLLM's ValueError. Raw HTTP: VLLMClient would retry a 500 three times (backoff 2+4+8 s) first."""
+    logs vLLM's ValueError. Raw HTTP: VLLMClient would retry a 500 three times (backoff 2+4+8 s) first.
+    TRL 1.11+ (stock `vllm serve`): vLLM's OpenAI server answers 400 with the reason instead."""
     import requests
 
+    if vllm_backend.server_is_vllm_serve:
+        with requests.Session() as http:
+            http.trust_env = False
+            model = http.get(f"{vllm_server.base_url}/v1/models", timeout=60).json()["data"][0]["id"]
+            r = http.post(f"{vllm_server.base_url}/v1/completions", timeout=60,
+                          json={"model": model, "prompt": PROMPTS[:1], "n": 2, "temperature": 0.0, "max_tokens": 4})
+            assert r.status_code == 400, r.text
+            assert "n must be 1 when using greedy sampling" in r.json()["error"]["message"], r.text
+        return
     with requests.Session() as http:
         http.trust_env = False
         r = http.post(f"{vllm_server.base_url}/generate/", timeout=60,
@@ -245,17 +255,23 @@ def test_colocate_over_long_prompt_raises_and_the_engine_keeps_working(recovered
 
 
 def over_long_prompt_message(length: int, max_model_len: int = 512) -> str:
-    """vLLM's refusal of a prompt of `length` tokens, in the wording of the installed release: releases with
-    `vllm.exceptions.VLLMValidationError` (seen on 0.17.1; 0.12.0 has none) raise that (a ValueError) from their
-    renderer with the second text."""
-    try:
-        from vllm.exceptions import VLLMValidationError  # noqa: F401
-    except ImportError:
+    """vLLM's refusal of a prompt of `length` tokens (0 output tokens asked: the length check comes first), in
+    the wording of the installed release, as measured: 0.10.2-0.12.0 (input processor), 0.17.1 and 0.22.0
+    (VLLMValidationError from the renderer; the boundaries between those releases were not run)."""
+    import vllm as installed
+    from packaging.version import Version
+
+    vllm = Version(installed.__version__)  # the upstream version the cell stands for (cpu-identity)
+    if vllm < Version("0.13.0"):
         return (f"The decoder prompt (length {length}) is longer than the maximum model length of {max_model_len}. "
                 "Make sure that `max_model_len` is no smaller than the number of text tokens.")
-    return (f"You passed {length} input tokens and requested 0 output tokens. However, the model's context length is "
-            f"only {max_model_len} tokens, resulting in a maximum input length of {max_model_len} tokens. Please reduce "
-            f"the length of the input prompt. (parameter=input_tokens, value={length})")
+    if vllm < Version("0.22.0"):
+        return (f"You passed {length} input tokens and requested 0 output tokens. However, the model's context length "
+                f"is only {max_model_len} tokens, resulting in a maximum input length of {max_model_len} tokens. "
+                f"Please reduce the length of the input prompt. (parameter=input_tokens, value={length})")
+    return (f"This model's maximum context length is {max_model_len} tokens. However, you requested 0 output tokens "
+            f"and your prompt contains {length} input tokens, for a total of {length} tokens. Please reduce the length "
+            f"of the input prompt or the number of requested output tokens. (parameter=input_tokens, value={length})")
 
 
 def test_chat_prompts_use_the_chat_template(vllm_generator, reference_model):

@@ -19,9 +19,11 @@ from pytest_vllmcompat.testing.reference import CONVERSATIONS, MAX_TOKENS
 pytestmark = pytest.mark.vllm_mode("server")
 
 @pytest.fixture(autouse=True)
-def trl_endpoints(vllm_backend):
-    """These are TRL's own server endpoints; TRL 1.11+ runs stock `vllm serve` instead."""
-    if vllm_backend.server_is_vllm_serve:
+def trl_endpoints(request, vllm_backend):
+    """The tests of a server here are TRL's own endpoints; TRL 1.11+ runs stock `vllm serve` instead. (The client
+    test without a server applies to every release.)"""
+    uses_a_server = {"vllm_server", "disposable_server"} & set(request.fixturenames)
+    if uses_a_server and vllm_backend.server_is_vllm_serve:
         pytest.skip(f"not applicable: TRL {vllm_backend.version}'s `trl vllm-serve` execs stock `vllm serve` (no TRL "
                     "endpoints): tests/compat/test_vllm_serve_wrapper.py tests that server")
 
@@ -207,7 +209,8 @@ def test_client_without_server_raises_connection_error_after_the_timeout(vllm_ba
     print(f"VLLMClient(connection_timeout=2) without a server raised after {elapsed:.3f} s")
     assert type(info.value) is requests.exceptions.ConnectionError
     assert not isinstance(info.value, ConnectionError)  # the builtin
+    command = "vllm serve" if vllm_backend.server_is_vllm_serve else "trl vllm-serve"  # what the release runs
     assert str(info.value) == (f"The vLLM server can't be reached at {base_url} after 2 seconds. Make sure the "
-                               "server is running by running `trl vllm-serve`.")
+                               f"server is running by running `{command}`.")
     assert isinstance(info.value.__cause__, requests.exceptions.ConnectionError)
     assert 2.0 <= elapsed <= 2.0 + 1.5, f"raised after {elapsed:.2f} s"

@@ -54,15 +54,16 @@ def structured_request(how: str, vllm: str) -> SamplingOptions:
     return SamplingOptions.greedy(MAX_TOKENS, generation_kwargs={structured_outputs_key(vllm): {"regex": PATTERN}})
 
 
-OTHER_PATTERN = "[a-z]{3}"  # what the dict asks for when the regex parameter is set too
+OTHER_PATTERN = "[0-9]{2}"  # what the dict asks for when the regex parameter is set too
 
 
-def test_the_regex_parameter_wins_over_a_generation_kwargs_dict(float32_client, constrained_reference, vllm_backend,
-                                                                cell):
-    """Both set: `structured_outputs_regex` and a generation_kwargs dict asking for another pattern. trl vllm-serve
-    0.29.x builds the regex's params and lets them win over either key (it logs that it does); the greedy ids are
-    the regex's constrained reference. (Runs before the [generation_kwargs] test below, whose failure on some
-    releases ends the server's worker.)"""
+def test_the_regex_parameter_and_a_generation_kwargs_dict_together(float32_client, reference_model, prompt_ids,
+                                                                   vllm_backend, cell):
+    """Both set: `structured_outputs_regex` (three digits) and a generation_kwargs dict asking for two. Which wins
+    is the release's rule: trl vllm-serve 0.29.x builds the regex's params and lets them win over either key (it
+    logs that it does); TRL 1.11+'s VLLMClient puts the regex into the request and then merges generation_kwargs
+    over it, so the dict wins. The greedy ids are the winner's constrained reference. (Runs before the
+    [generation_kwargs] test below, whose failure on some releases ends the server's worker.)"""
     from packaging.version import Version as V
 
     if V(vllm_backend.version) < V("0.29.0"):
@@ -70,11 +71,14 @@ def test_the_regex_parameter_wins_over_a_generation_kwargs_dict(float32_client, 
                     "regex, so the dict wins, reaches vLLM unconverted and ends the worker: that is the declared "
                     "known failure of test_structured_output_regex_on_a_float32_server[generation_kwargs]; sending "
                     "it here would end this module's server before the other tests")
+    winner = OTHER_PATTERN if vllm_backend.server_is_vllm_serve else PATTERN
+    expected, margin = reference.constrained_greedy(*reference_model, prompt_ids, winner, MAX_TOKENS)
+    assert margin > MIN_MARGIN, f"precondition: the constrained greedy reference is noise-robust (margin {margin})"
     server, client = float32_client
     sampling = SamplingOptions.greedy(MAX_TOKENS, structured_outputs_regex=PATTERN,
                                       generation_kwargs={structured_outputs_key(cell.vllm): {"regex": OTHER_PATTERN}})
     out = call_watching(server, lambda: client.generate(PROMPTS, sampling), "/generate/")
-    assert out.completion_ids == constrained_reference
+    assert out.completion_ids == expected, f"expected the {winner!r} constraint to win"
 
 
 @pytest.mark.parametrize("how", ["parameter", "generation_kwargs"])

@@ -19,20 +19,32 @@ def greedy(generator):
 
 
 @pytest.fixture
-def perturbable_model(colocate_generator):
+def perturbable_model(request, colocate_generator):
     """The colocate generator's HF model; whatever a test does to its weights, they are restored and synced
-    back into the engine afterwards (and checked), so later tests see the original weights."""
+    back into the engine afterwards (and checked), so later tests see the original weights. Where the test's own
+    sync raised (a release that cannot load weights into a running engine), the restore cannot sync either and
+    is not tried: the test's failure says why."""
     model = colocate_generator.model
     saved = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
     original = greedy(colocate_generator)
     yield model
     with torch.no_grad():
         model.load_state_dict(saved)
+    if getattr(request.node, "sync_raised", False):
+        return
     colocate_generator.sync_weights()
     assert greedy(colocate_generator).completion_ids == original.completion_ids, "weights not restored"
 
 
-def test_sync_weights_makes_the_engine_follow_the_new_weights(colocate_generator, perturbable_model):
+def sync(request, generator) -> None:
+    try:
+        generator.sync_weights()
+    except Exception:
+        request.node.sync_raised = True
+        raise
+
+
+def test_sync_weights_makes_the_engine_follow_the_new_weights(request, colocate_generator, perturbable_model):
     model, tokenizer = perturbable_model, colocate_generator.tokenizer
     before = greedy(colocate_generator)
     assert before.completion_ids == reference.greedy(model, tokenizer, before.prompt_ids, MAX_TOKENS)
@@ -50,7 +62,7 @@ def test_sync_weights_makes_the_engine_follow_the_new_weights(colocate_generator
 
     unsynced = greedy(colocate_generator)
     assert unsynced.completion_ids == before.completion_ids, "the engine changed before sync_weights()"
-    colocate_generator.sync_weights()
+    sync(request, colocate_generator)
     after = greedy(colocate_generator)
     assert after.prompt_ids == before.prompt_ids
     assert after.completion_ids == expected
