@@ -54,7 +54,9 @@ def write_cells(directory, overrides=None, skip=()):
 
 
 def gate(tmp_path, capsys, *args):
-    rc = cli.main(["gate", "--results", str(tmp_path / "results"), "--out", str(tmp_path / "out"), *args])
+    # --recorded: an empty folder, not the repository's matrix/recorded/ (whose kept runs would join every grid)
+    rc = cli.main(["gate", "--results", str(tmp_path / "results"), "--out", str(tmp_path / "out"),
+                   "--recorded", str(tmp_path / "recorded"), *args])
     out = capsys.readouterr().out
     return rc, out, (tmp_path / "out" / "support.md").read_text(), (tmp_path / "out" / "support.html").read_text()
 
