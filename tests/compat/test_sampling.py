@@ -256,13 +256,14 @@ def test_colocate_over_long_prompt_raises_and_the_engine_keeps_working(recovered
 
 def over_long_prompt_message(length: int, max_model_len: int = 512) -> str:
     """vLLM's refusal of a prompt of `length` tokens (0 output tokens asked: the length check comes first), in
-    the wording of the installed release, as measured: 0.10.2-0.12.0 (input processor), 0.17.1 and 0.22.0
-    (VLLMValidationError from the renderer; the boundaries between those releases were not run)."""
+    the wording of the installed release, as measured: 0.10.2-0.13.0 (input processor), 0.17.1 and 0.22.0
+    (VLLMValidationError from the renderer; the releases between 0.13.0 and 0.17.1, and between 0.17.1 and 0.22.0,
+    were not run)."""
     import vllm as installed
     from packaging.version import Version
 
     vllm = Version(installed.__version__)  # the upstream version the cell stands for (cpu-identity)
-    if vllm < Version("0.13.0"):
+    if vllm < Version("0.14.0"):
         return (f"The decoder prompt (length {length}) is longer than the maximum model length of {max_model_len}. "
                 "Make sure that `max_model_len` is no smaller than the number of text tokens.")
     if vllm < Version("0.22.0"):
