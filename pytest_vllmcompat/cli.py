@@ -145,7 +145,6 @@ def _run_record(args: argparse.Namespace) -> int:
     return 0
 
 
-
 def _add_wheelhouse_parser(sub: Any) -> None:
     w = sub.add_parser("wheelhouse", help="write the wheels one cell needs on a destination without an index, less "
                        "what it has; or --rejoin its pieces")

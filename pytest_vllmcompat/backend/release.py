@@ -37,10 +37,9 @@ class Release:
     def server_paths(self) -> dict[str, str]:
         """The HTTP paths the backend's client uses for each purpose, by server kind."""
         if self.server_is_vllm_serve:
-            return {"generate": "/v1/completions", "chat": "/v1/chat/completions", "health": "/health",
-                    "world_size": "/get_world_size", "reset_prefix_cache": "/reset_prefix_cache"}
-        return {"generate": "/generate/", "chat": "/chat/", "health": "/health/", "world_size": "/get_world_size/",
-                "reset_prefix_cache": "/reset_prefix_cache/"}
+            return {"generate": "/v1/completions", "chat": "/v1/chat/completions",
+                    "reset_prefix_cache": "/reset_prefix_cache"}
+        return {"generate": "/generate/", "chat": "/chat/", "reset_prefix_cache": "/reset_prefix_cache/"}
 
     @property
     def supports_logprobs_option(self) -> bool:

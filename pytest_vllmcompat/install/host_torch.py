@@ -29,7 +29,6 @@ from packaging.version import InvalidVersion, Version
 from ..errors import HostTorchError
 
 HOST_TORCH_ENV = "VLLMCOMPAT_HOST_TORCH"
-PARTNERS = ("torch", "torchvision", "torchaudio", "triton")
 PTH_NAME = "_vllmcompat_host.pth"
 
 _READER = r"""

@@ -100,12 +100,16 @@ class CellInstall:
         path.write_text("\n".join(self.requirements) + "\n")
         return ["--no-deps", "-r", str(path)]
 
+    def carried_lines(self) -> list[str]:
+        return [f"carried: host has {n}=={h}, cell needs {n}=={c}" for n, (h, c) in sorted(self.carried.items())]
+
+    def left_out_lines(self) -> list[str]:
+        return [f"left out: {n} ({why})" for n, why in sorted(self.excluded.items())]
+
     def summary(self) -> list[str]:
         lines = [f"lock: {len(self.pins)} distributions ({self.source}); {len(self.requirements)} installed, "
                  f"{len(self.reused)} from the host"]
-        lines += [f"carried: host has {n}=={h}, cell needs {n}=={c}" for n, (h, c) in sorted(self.carried.items())]
-        lines += [f"left out: {n} ({why})" for n, why in sorted(self.excluded.items())]
-        return lines
+        return lines + self.carried_lines() + self.left_out_lines()
 
 
 def split_host(pins: dict[str, str], have: dict[str, str]) -> tuple[dict[str, str], dict[str, tuple[str, str]]]:

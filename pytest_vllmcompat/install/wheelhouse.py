@@ -169,7 +169,7 @@ def manifest(plan: WheelPlan, files: list[dict[str, Any]], have_source: str, exc
         "target_cells": plan.target_cells,
         "lock": dict(sorted(inst.pins.items())), "excluded": dict(sorted(inst.excluded.items())),
         "dropped": dict(sorted(inst.reused.items())),
-        "carried": [f"carried: host has {n}=={h}, cell needs {n}=={c}" for n, (h, c) in sorted(inst.carried.items())],
+        "carried": inst.carried_lines(),
         "build": plan.build, "runner": plan.runner, "files": files, "total_bytes": sum(f["size"] for f in files),
         "rejoin": {"python": "python3 -m pytest_vllmcompat wheelhouse --rejoin PIECE_DIR... --into DIR",
                    "shell": f"sh PIECE_DIR/{pieces.SHELL_NAME} DIR PIECE_DIR...  (checks {pieces.SUMS_NAME})"},
@@ -200,8 +200,7 @@ def lines(plan: WheelPlan, data: dict[str, Any], folders: list[Path]) -> list[st
            f"lock: {len(inst.pins)} distributions; {len(data['files'])} wheels, {data['total_bytes'] / 2**20:.1f} MiB",
            f"dropped (the destination has them at the locked version): {len(inst.reused)}: "
            + " ".join(f"{n}=={v}" for n, v in sorted(inst.reused.items()))]
-    out += data["carried"]
-    out += [f"left out: {n} ({why})" for n, why in sorted(inst.excluded.items())]
+    out += inst.carried_lines() + inst.left_out_lines()
     out += [f"{folder}: {sum(f.stat().st_size for f in folder.iterdir()) / 2**20:.1f} MiB" for folder in folders]
     return out
 

