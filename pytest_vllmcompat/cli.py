@@ -1,5 +1,5 @@
-"""`python -m pytest_vllmcompat <command>`: cpu-identity and versions (run by the noxfile inside a cell), plan, gate,
-doctor, wheelhouse."""
+"""`python -m pytest_vllmcompat <command>`: cpu-identity, cpu-runtime, bytecode and versions (run by the noxfile
+inside a cell), plan, gate, record, doctor, wheelhouse."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 from . import matrix
 from .errors import IdentityError, MatrixError, PlanResolutionError, VllmcompatError
-from .install import cpu_identity, cpu_runtime, engine_route, pieces, resolve, wheelhouse
+from .install import bytecode, cpu_identity, cpu_runtime, engine_route, pieces, resolve, wheelhouse
 from .install import installed as cellinfo
 from .install import plan as install_plan
 from .install.target_range import target_matrix
@@ -26,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
                              "(an install step of CPU cells); --leave gives the cell its plain interpreter back")
     runtime.add_argument("--leave", action="store_true")
     sub.add_parser("versions", help="print the versions installed in this environment")
+    sub.add_parser("bytecode", help="compile this environment's site-packages to bytecode (an install step of "
+                   "every cell: uv writes no .pyc files)")
     _add_plan_parser(sub)
     _add_gate_parser(sub)
     _add_wheelhouse_parser(sub)
@@ -56,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         text, ok = doctor.report_and_status()
         print(text)
         return 0 if ok else 2
+    elif args.command == "bytecode":
+        print(bytecode.compile_environment())
     elif args.command == "versions":
         print(cellinfo.vllm_description())
         for name, version in cellinfo.versions().items():

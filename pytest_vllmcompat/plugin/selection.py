@@ -71,6 +71,22 @@ def select(ctx: Context, items: list[pytest.Item]) -> tuple[list[pytest.Item], l
     return keep, drop
 
 
+BREAKS_SERVER_MARKER = "breaks_session_server"
+
+
+def run_order(items: list[pytest.Item], lane: str) -> list[pytest.Item]:
+    """The order the kept tests run in (stable otherwise): first those that need no session server, so that the
+    server's start-up (begun at collection end, servers.py) overlaps them instead of being waited for; then those
+    that use it; last those marked `breaks_session_server`, which may leave it unusable and so are its last users
+    (they need no server of their own). Under xdist each worker keeps this order for the tests it is given, and
+    the breaking tests are sent last."""
+    def rank(item: pytest.Item) -> int:
+        if item.get_closest_marker(BREAKS_SERVER_MARKER) is not None:
+            return 2
+        return 1 if needs_server(item, lane) else 0
+    return sorted(items, key=rank)
+
+
 def needs_server(item: pytest.Item, lane: str) -> bool:
     """The test will use the session server (a GPU test skipped before its fixtures run will not)."""
     return gpu_skip_reason(item, lane) is None and "server" in item_modes(item)

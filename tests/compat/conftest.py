@@ -44,3 +44,11 @@ def cell(vllmcompat_context):
     if vllmcompat_context.cell is None:
         pytest.skip(f"not a matrix cell: {vllmcompat_context.matrix_problem}")
     return vllmcompat_context.cell
+
+
+@pytest.fixture(scope="session")
+def patch_probes(vllm_model_dir):
+    """The backend's import-time patches seen from fresh interpreters (patch_probe.py): one run for the whole suite."""
+    import patch_probe
+
+    return patch_probe.run_probes(vllm_model_dir)

@@ -1,6 +1,6 @@
 """Tripwires for the backend's vLLM patches (trl/_compat.py): each one fixes a real bug, exactly where it applies.
 
-For each patch, in every cell, a fresh interpreter shows either
+For each patch, in every cell, a fresh interpreter (patch_probe.py) shows either
   - the bug + the fix (the patch's condition holds in this cell): vLLM's original, called in a process that never
     imported trl, fails with the bug's exact error; after `import trl` the same call succeeds; or
   - that vLLM's original is fine (the condition does not hold): the call succeeds without trl.
@@ -14,98 +14,26 @@ The matrix side (a patch that no declared cell needs is removable) gives the sam
 one of the plugin's own tests: tests/plugin/test_patch_table.py.
 """
 
-import textwrap
-
 import pytest
 
-from pytest_vllmcompat.testing import probe
 from pytest_vllmcompat.testing.patches import PATCH_MODULE, PATCHES
 
-# One interpreter per mode. The calls: DisabledTqdm with a caller-supplied `disable` (the case vLLM PR #28471 fixed;
-# vLLM hands DisabledTqdm to huggingface_hub as `tqdm_class` for Hub downloads, so a local model never reaches it);
-# get_cached_tokenizer on an HF tokenizer, as vLLM's get_tokenizer does for every engine it builds.
-PROBE = textwrap.dedent(
-    """
-    import json, sys
-    MODE, MODEL = sys.argv[1], sys.argv[2]
-
-    def outcome(fn):
-        if fn is None:  # this vLLM no longer has the patched name at all
-            return {"ok": None, "absent": True}
-        try:
-            fn()
-            return {"ok": True}
-        except Exception as exc:
-            return {"ok": False, "type": type(exc).__name__, "message": str(exc)}
-
-    def call_tqdm(cls):
-        if cls is None:
-            return None
-        def run():
-            bar = cls(range(3), disable=True)
-            assert bar.disable is True, "DisabledTqdm must be disabled"
-        return run
-
-    def call_tokenizer(fn):
-        if fn is None:
-            return None
-        def run():
-            from transformers import AutoTokenizer
-            tok = AutoTokenizer.from_pretrained(MODEL)
-            cached = fn(tok)
-            assert cached.encode("hello world") == tok.encode("hello world")
-            assert list(cached.all_special_ids) == list(tok.all_special_ids)
-        return run
-
-    import importlib
-
-    def module(name):  # a later vLLM may have moved or dropped the module: then the patched name is absent too
-        try:
-            return importlib.import_module(name)
-        except ImportError:
-            return None
-
-    wu = module("vllm.model_executor.model_loader.weight_utils")
-    tk = module("vllm.transformers_utils.tokenizer")
-    early_tqdm = getattr(wu, "DisabledTqdm", None)  # as `from ... import` would bind it, where it exists
-    early_tok = getattr(tk, "get_cached_tokenizer", None)
-    out = {}
-    if MODE == "original":  # never imports trl
-        out["DisabledTqdm"] = outcome(call_tqdm(early_tqdm))
-        out["get_cached_tokenizer"] = outcome(call_tokenizer(early_tok))
-        out["trl_imported"] = "trl" in sys.modules
-    else:  # names bound before `import trl`, then trl, then the same calls through each binding
-        import trl  # applies the backend's patches
-        late_tqdm = getattr(wu, "DisabledTqdm", None)
-        late_tok = getattr(tk, "get_cached_tokenizer", None)
-        for name, early, module_attr, late, call in [
-            ("DisabledTqdm", early_tqdm, late_tqdm, late_tqdm, call_tqdm),
-            ("get_cached_tokenizer", early_tok, late_tok, late_tok, call_tokenizer),
-        ]:
-            out[name] = {
-                "module_attr_replaced": module_attr is not early,
-                "module_attr_defined_in": getattr(module_attr, "__module__", None),
-                "late_is_module_attr": late is module_attr,
-                "early": outcome(call(early)),
-                "after_trl": outcome(call(late)),
-            }
-    print(json.dumps(out))
-    """
-)
-
-
-def run_probe(mode: str, model_dir) -> dict:
-    return probe.run_probe(PROBE, mode, str(model_dir))
+# The calls (patch_probe.py, one interpreter for both modes): DisabledTqdm with a caller-supplied `disable` (the
+# case vLLM PR #28471 fixed; vLLM hands DisabledTqdm to huggingface_hub as `tqdm_class` for Hub downloads, so a
+# local model never reaches it); get_cached_tokenizer on an HF tokenizer, as vLLM's get_tokenizer does for every
+# engine it builds.
 
 
 @pytest.fixture(scope="module")
-def original_probe(vllm_model_dir):
-    return run_probe("original", vllm_model_dir)
+def original_probe(patch_probes):
+    """vLLM's originals called before anything imported trl."""
+    return patch_probes["default"]["original"]
 
 
 @pytest.fixture(scope="module")
-def import_order_probe(vllm_model_dir):
-    return run_probe("import_order", vllm_model_dir)
+def import_order_probe(patch_probes):
+    """Names bound before `import trl`, then trl, then the same calls through each binding."""
+    return patch_probes["default"]["import_order"]
 
 
 def needed(name: str, cell) -> bool:

