@@ -14,6 +14,9 @@ In one run, for one cell (its existing environment):
   engines          colocate engines and servers each harness run started (its --vllm-results startup records, and
                    the server log files under its --basetemp)
   peak memory      peak summed RSS of the measured process tree (/proc polled every 0.2 s)
+  whole cell       (--whole-cell, instead of the smoke runs and env timings) `nox -R -s SESSION` with the env
+                   present: wall, ratio to the floor, peak memory, start-ups, and its wall time by phase
+                   (bench/cell.py: probes, trainer runs, float32 server, ..., before pytest, collection + rest)
   env creation     `nox --install-only -s SESSION` (venv + install plan + CPU identity step, no pytest) into a fresh
                    --envdir with the uv cache warm and, with --cold, with an empty UV_CACHE_DIR; then
                    `nox -R -s SESSION -- --co -q` reusing the warm env. Scratch envdirs: the shared `.nox/` is untouched.
@@ -34,6 +37,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from .cell import whole_cell
 from .measure import (
     DEFAULT_ENV,
     DEFAULT_SESSION,
@@ -59,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-sequential", action="store_true", help="skip the VLLMCOMPAT_PRESTART=0 comparison run")
     ap.add_argument("--no-env", action="store_true", help="skip the nox environment creation timings")
     ap.add_argument("--cold", action="store_true", help="also time creation with an empty uv cache (downloads)")
+    ap.add_argument("--whole-cell", action="store_true", help="time the whole cell (nox -R -s SESSION) by phase "
+                    "instead of the smoke runs and env timings")
     args = ap.parse_args(argv)
     # SIGTERM (e.g. a CI timeout) unwinds like Ctrl-C, so every `finally` stops the process group it started.
     signal.signal(signal.SIGTERM, _interrupt)
@@ -72,17 +78,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{i + 1}/{args.repeat}] load {load_average()} ...", file=sys.stderr, flush=True)
         run: dict = {"floor_colocate": floor_colocate(python, model, workdir)}
         run["floor_server"] = floor_server(env_dir, model, workdir)
-        run["harness_overlap"] = harness(python, workdir, prestart=True)
-        if not args.no_sequential:
+        if args.whole_cell:
+            run["cell"] = whole_cell(args.session, workdir)
+        else:
+            run["harness_overlap"] = harness(python, workdir, prestart=True)
+        if not args.no_sequential and not args.whole_cell:
             run["harness_sequential"] = harness(python, workdir, prestart=False)
-        if not args.no_env:
+        if not args.no_env and not args.whole_cell:
             run["env"] = env_creation(args.session, workdir, cold=args.cold)
         for key, r in run.items():
             print(f"  {key}: " + (f"{r['wall']} s, load {r['load_before']}" if "wall" in r else "done"),
                   file=sys.stderr, flush=True)
         floor = run["floor_colocate"]["wall"] + run["floor_server"]["wall"]
         run["floor_total"] = round(floor, 2)
-        for key in ("harness_overlap", "harness_sequential"):
+        for key in ("harness_overlap", "harness_sequential", "cell"):
             if key in run:
                 run[key]["ratio"] = round(run[key]["wall"] / floor, 3)
         runs.append(run)
@@ -95,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
               "runs": runs}
     if len(runs) > 1:
         report["median"] = {k: statistics.median(r[k]["wall"] for r in runs)
-                            for k in ("floor_colocate", "floor_server", "harness_overlap", "harness_sequential")
+                            for k in ("floor_colocate", "floor_server", "harness_overlap", "harness_sequential", "cell")
                             if all(k in r for r in runs)}
     if args.out:
         args.out.write_text(json.dumps(report, indent=2))
@@ -108,6 +117,8 @@ def print_table(run: dict, n: int) -> None:
             ("floor server (vllm-serve to /health/)", run["floor_server"])]
     rows += [(f"harness smoke, {k.split('_')[1]}", run[k]) for k in ("harness_overlap", "harness_sequential")
              if k in run]
+    if "cell" in run:
+        rows.append(("whole cell (nox -R)", run["cell"]))
     if "env" in run:
         labels = {"cold": "nox env create, empty uv cache", "warm": "nox env create, warm uv cache",
                   "reuse": "nox -R reuse up to collection"}
@@ -120,6 +131,11 @@ def print_table(run: dict, n: int) -> None:
         ratio = f"{r['ratio']:.2f}" if "ratio" in r else "-"
         print(f"{name:40} {r['wall']:>8.1f} {ratio:>6} {r['peak_rss_mib']:>13} {eng_s:>19}  "
               f"{r['load_before'][0]}->{r['load_after'][0]}")
+    if "cell" in run:
+        cell = run["cell"]
+        print(f"  whole cell: exit {cell['rc']}, {cell['counts']}, start-ups {cell['startup']}")
+        for phase, seconds in sorted(cell["phases"].items(), key=lambda kv: -kv[1]):
+            print(f"    {phase:50} {seconds:>7.1f} s  {100 * seconds / cell['wall']:>4.0f}%")
     if "env" in run:
         for k, e in run["env"].items():
             print(f"  nox {k}: exit {e['rc']}, installed={e['installed']}, identity step: {e['identity']}")

@@ -75,15 +75,21 @@ BREAKS_SERVER_MARKER = "breaks_session_server"
 
 
 def run_order(items: list[pytest.Item], lane: str) -> list[pytest.Item]:
-    """The order the kept tests run in (stable otherwise): first those that need no session server, so that the
-    server's start-up (begun at collection end, servers.py) overlaps them instead of being waited for; then those
-    that use it; last those marked `breaks_session_server`, which may leave it unusable and so are its last users
-    (they need no server of their own). Under xdist each worker keeps this order for the tests it is given, and
-    the breaking tests are sent last."""
+    """The order the kept tests run in (stable within each group):
+      0. tests that start no engine (imports, identity, the patch probes' fresh interpreters): the session
+         server's start-up, begun at collection end (servers.py), runs beside them;
+      1. the session server's users (the first one waits for what is left of its start-up);
+      2. every other engine test (the colocate engine, trainer runs, servers of their own);
+      3. tests marked `breaks_session_server`: they may leave it unusable, so they are its last users.
+    Why engines do not overlap the server's start-up: on a small CPU runner two engines starting at once bind
+    their OpenMP threads to the same cores and slow each other far more than running one after the other
+    (measured on 2 cores: the colocate engine's start went from 19 s to 104 s beside the server's)."""
     def rank(item: pytest.Item) -> int:
         if item.get_closest_marker(BREAKS_SERVER_MARKER) is not None:
-            return 2
-        return 1 if needs_server(item, lane) else 0
+            return 3
+        if needs_server(item, lane):
+            return 1
+        return 2 if "engine" in markers(item) else 0
     return sorted(items, key=rank)
 
 

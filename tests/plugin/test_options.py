@@ -155,7 +155,7 @@ def test_uses_nothing():
     "mode, expected",
     [
         ("server", ["test_uses_nothing", "test_uses_server", "test_uses_client"]),  # run order: server users last
-        ("colocate", ["test_uses_colocate", "test_uses_nothing"]),
+        ("colocate", ["test_uses_nothing", "test_uses_colocate"]),  # engine tests after the others
     ],
 )
 def test_mode_fixtures_bind_unmarked_tests_to_their_mode(pytester, mode, expected):
@@ -181,15 +181,19 @@ def test_c_server():
 
 def test_d_mode_free():
     pass
+
+@pytest.mark.engine
+def test_e_engine():
+    pass
 """
 
 
 def test_run_order_puts_server_users_after_the_others_and_the_breakers_last(pytester, monkeypatch):
-    """Tests needing no session server run first (its early start overlaps them), its users next, the tests that
-    may break it last; collection order is kept within each group."""
+    """Tests starting no engine run first (the session server's early start overlaps them), the server's users
+    next, then the other engine tests, the tests that may break the server last; collection order within each."""
     monkeypatch.setenv("VLLMCOMPAT_PRESTART", "0")  # no server here: only the order is looked at
     pytester.makepyfile(test_order=ORDER_TESTS)
     result = pytester.runpytest_subprocess("-v", "-p", "no:cacheprovider", "--vllm-mode=all")
     ran = [line.split("::")[1].split(" ")[0] for line in result.outlines if "::test_" in line and "PASSED" in line]
     assert ran == ["test_b_each_mode[colocate]", "test_d_mode_free", "test_b_each_mode[server]", "test_c_server",
-                   "test_a_breaker"], result.outlines
+                   "test_e_engine", "test_a_breaker"], result.outlines
