@@ -112,6 +112,7 @@ class ServerFactory:
             server = self.new(SERVER_NAME, argv_for, ports.free_port(), env=engine.engine_env(
                 self.state.context.lane), fatal_log_patterns=SERVE_FATAL_LOG_PATTERNS)
             server.start()
+            server.time_readiness_in_background()  # its start-up, not the wait until a test claims it
         except Exception as exc:
             warnings.warn(pytest.PytestWarning(f"early start of {SERVER_NAME} skipped ({type(exc).__name__}: {exc}); "
                                                "the vllm_server fixture starts it when a test needs it"), stacklevel=2)

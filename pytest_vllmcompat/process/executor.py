@@ -13,6 +13,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -164,13 +165,32 @@ class ServerProcess:
                 try:
                     timeout = max(0.1, min(REQUEST_TIMEOUT, deadline - time.monotonic()))
                     if 200 <= http.get(self.health_url, timeout=timeout).status_code < 300:
-                        self.startup_seconds = time.monotonic() - self._started_at
+                        if self.startup_seconds is None:  # else timed already (time_readiness_in_background)
+                            self.startup_seconds = time.monotonic() - self._started_at
                         return
                 except requests.RequestException:
                     pass  # not listening yet
                 if time.monotonic() >= deadline:
                     raise self._fail()
                 time.sleep(POLL_INTERVAL)
+
+    def time_readiness_in_background(self) -> None:
+        """For a server nobody waits on yet (the early start): poll its health URL in a daemon thread and keep
+        when it first answered, so that `startup_seconds` is its start-up, not the time until a test claimed it.
+        Quiet: failures are wait_ready's to report."""
+        def poll() -> None:
+            deadline = self._started_at + self.startup_timeout
+            with requests.Session() as http:
+                http.trust_env = False
+                while self.startup_seconds is None and self.alive and not self._stopped and time.monotonic() < deadline:
+                    try:
+                        if 200 <= http.get(self.health_url, timeout=REQUEST_TIMEOUT).status_code < 300:
+                            self.startup_seconds = time.monotonic() - self._started_at
+                            return
+                    except requests.RequestException:
+                        pass
+                    time.sleep(POLL_INTERVAL)
+        threading.Thread(target=poll, name=f"readiness of {self.name}", daemon=True).start()
 
     def _fatal_line(self) -> str | None:
         if self.fatal_log is None:

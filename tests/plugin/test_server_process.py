@@ -50,6 +50,19 @@ def make(tmp_path, *extra, port=None, **kw) -> ServerProcess:
                          log_path=tmp_path / "logs" / "server.log", **kw)
 
 
+def test_an_early_started_server_is_timed_to_its_readiness_not_to_its_claim(tmp_path):
+    """The early start: nobody waits on the server for a while; its start-up is still when /health first answered."""
+    server = make(tmp_path, "--delay-ready", "0.6", startup_timeout=20)
+    server.start()
+    try:
+        server.time_readiness_in_background()
+        time.sleep(3.0)  # the tests before the first server user
+        server.wait_ready()
+        assert 0.5 <= server.startup_seconds < 2.5, server.startup_seconds
+    finally:
+        server.stop()
+
+
 def grandchild_pid(server: ServerProcess) -> int:
     match = re.search(r"child pid (\d+)", server.log_path.read_text())
     assert match, server.log_path.read_text()
