@@ -37,6 +37,10 @@ _DEATH = re.compile("|".join(f"(?:{p})" for p in DEATH_PATTERNS), re.M)
 _EXCEPTION_LINE = re.compile(r"^(?:[\w.]+\.)?\w*(?:Error|Exception)\b.*$", re.M)
 T = TypeVar("T")
 SETTLE = 1.0  # s: let the dying process finish writing its traceback before quoting it
+# Bounds on waiting for that evidence. Unloaded, the worker prints within a second of its children stopping; with
+# two -n 2 runs of a cell on 2 cores (22 GiB of 24 in use) 15 s once passed with nothing printed yet (measured).
+RELEASE_TERM_WAIT = 10.0  # s after SIGTERM to the worker's children before they get SIGKILL
+EVIDENCE_TIMEOUT = 60.0  # s in all for the worker's exception line (or its exit) after death was seen
 
 
 class Server(Protocol):
@@ -84,14 +88,35 @@ def exiting_worker(server: Server) -> int | None:
     return None
 
 
-def _release(worker: int, server: Server, start: int, timeout: float = 15.0) -> None:
-    """Stop the exiting worker's children so that its join returns and it prints its traceback."""
-    for child in procfs.children(worker):
-        try:
-            os.kill(child, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    wait_until(lambda: _DEATH.search(_log_from(server.log_path, start)), timeout, interval=0.1)
+def _release(worker: int, server: Server, start: int) -> None:
+    """Stop the exiting worker's children so that its join returns and it prints its traceback: SIGTERM, and
+    SIGKILL for those still there after RELEASE_TERM_WAIT without the death in the log."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for child in procfs.children(worker):
+            try:
+                os.kill(child, sig)
+            except ProcessLookupError:
+                pass
+        if wait_until(lambda: _DEATH.search(_log_from(server.log_path, start)) or not procfs.live(worker),
+                      RELEASE_TERM_WAIT, interval=0.1):
+            return
+
+
+def _evidence(server: Server, start: int, worker: int | None) -> str:
+    """The log since the request once it quotes the error: an exception line after the death header, or the
+    worker gone (all it will print is printed); at most EVIDENCE_TIMEOUT, then whatever is there."""
+    def complete() -> bool:
+        log = _log_from(server.log_path, start)
+        death = _DEATH.search(log)
+        # multiprocessing's "Process X-N:" header comes first and the exception line last; the other patterns
+        # are lines of an error already being reported
+        after = death.end() if death and death.group(0).startswith("Process ") else 0
+        if death and _EXCEPTION_LINE.search(log, after):
+            return True
+        return worker is not None and not procfs.live(worker)
+    wait_until(complete, EVIDENCE_TIMEOUT, interval=0.1)
+    time.sleep(SETTLE)
+    return _log_from(server.log_path, start)
 
 
 def post_watching(server: Server, path: str, *, timeout: float, poll: float = 0.2, **kw: Any) -> requests.Response:
@@ -126,8 +151,7 @@ def call_watching(server: Server, call: Callable[[], T], what: str, *, poll: flo
             _release(worker, server, start)
         log = _log_from(server.log_path, start)
         if how or _DEATH.search(log):
-            time.sleep(SETTLE)
-            log = _log_from(server.log_path, start)
+            log = _evidence(server, start, worker)
             errors = [line.strip() for line in _EXCEPTION_LINE.findall(log)]
             raise ServerDied(f"{server.name} died while serving {what} (no answer came){how}: "
                              f"{' | '.join(dict.fromkeys(errors)) or 'see its log'}\n--- its log since the request "
