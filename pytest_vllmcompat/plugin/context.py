@@ -54,6 +54,18 @@ class Context:
         return engine_route.engine_blocker(self.matrix, self.cell)
 
 
+def target_mismatch(target: str, installed: str | None) -> str | None:
+    """Why this environment cannot stand for `target`: a pinned release (`trl==X`) that is not the installed one,
+    e.g. a cell environment built for another target and reused with `nox -R` (its results would carry the wrong
+    target). None when it can (or the target is not a pin: a local checkout, a range)."""
+    name, sep, version = target.partition("==")
+    if not sep or name.split("[")[0].strip().lower() != "trl" or installed == version.strip():
+        return None
+    return (f"target {target}, but this environment has trl {installed or '(not installed)'}: it was built for "
+            "another target. Rebuild the cell (`nox -s SESSION` without -R/-r) with VLLMCOMPAT_TARGET set to the "
+            "target you mean. Nothing was run and no result was written.")
+
+
 def build(cfg: pytest.Config) -> Context:
     lane = host.resolve_lane(config.resolve(cfg, "vllm_lane"))
     model_opt, model_source = config.resolve_with_source(cfg, "vllm_model")
@@ -63,6 +75,9 @@ def build(cfg: pytest.Config) -> Context:
         raise pytest.UsageError(f"{shown}: no model there ({model / 'config.json'} does not exist)")
     trl_version = cellinfo.installed("trl")
     target = config.resolve(cfg, "vllm_target") or (f"trl=={trl_version}" if trl_version else "trl (not installed)")
+    refusal = target_mismatch(target, trl_version)
+    if refusal:
+        raise pytest.UsageError(refusal)
 
     the_matrix, cell, problem = None, None, ""
     try:

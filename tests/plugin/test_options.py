@@ -197,3 +197,15 @@ def test_run_order_puts_server_users_after_the_others_and_the_breakers_last(pyte
     ran = [line.split("::")[1].split(" ")[0] for line in result.outlines if "::test_" in line and "PASSED" in line]
     assert ran == ["test_b_each_mode[colocate]", "test_d_mode_free", "test_b_each_mode[server]", "test_c_server",
                    "test_e_engine", "test_a_breaker"], result.outlines
+
+
+def test_a_pinned_target_other_than_the_installed_release_is_refused():
+    """`nox -R` reuses a cell env built for another target: the run must not record results under the wrong one."""
+    from pytest_vllmcompat.plugin.context import target_mismatch
+
+    refusal = target_mismatch("trl==0.29.1", "0.29.0")
+    assert refusal is not None and refusal.startswith("target trl==0.29.1, but this environment has trl 0.29.0")
+    assert "without -R" in refusal and "Nothing was run" in refusal
+    assert target_mismatch("trl[peft]==0.29.1", None) is not None
+    assert target_mismatch("trl==0.29.1", "0.29.1") is None
+    assert target_mismatch("/path/to/trl-checkout", "1.17.0.dev0") is None  # a local checkout is not a pin
