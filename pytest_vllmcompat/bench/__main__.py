@@ -82,10 +82,10 @@ def main(argv: list[str] | None = None) -> int:
             run["cell"] = whole_cell(args.session, workdir)
         else:
             run["harness_overlap"] = harness(python, workdir, prestart=True)
-        if not args.no_sequential and not args.whole_cell:
-            run["harness_sequential"] = harness(python, workdir, prestart=False)
-        if not args.no_env and not args.whole_cell:
-            run["env"] = env_creation(args.session, workdir, cold=args.cold)
+            if not args.no_sequential:
+                run["harness_sequential"] = harness(python, workdir, prestart=False)
+            if not args.no_env:
+                run["env"] = env_creation(args.session, workdir, cold=args.cold)
         for key, r in run.items():
             print(f"  {key}: " + (f"{r['wall']} s, load {r['load_before']}" if "wall" in r else "done"),
                   file=sys.stderr, flush=True)

@@ -162,17 +162,20 @@ class ServerProcess:
                 fatal = self._fatal_line()
                 if fatal is not None:
                     raise self._fail(fatal)
-                try:
-                    timeout = max(0.1, min(REQUEST_TIMEOUT, deadline - time.monotonic()))
-                    if 200 <= http.get(self.health_url, timeout=timeout).status_code < 300:
-                        if self.startup_seconds is None:  # else timed already (time_readiness_in_background)
-                            self.startup_seconds = time.monotonic() - self._started_at
-                        return
-                except requests.RequestException:
-                    pass  # not listening yet
+                if self._healthy(http, max(0.1, min(REQUEST_TIMEOUT, deadline - time.monotonic()))):
+                    if self.startup_seconds is None:  # else timed already (time_readiness_in_background)
+                        self.startup_seconds = time.monotonic() - self._started_at
+                    return
                 if time.monotonic() >= deadline:
                     raise self._fail()
                 time.sleep(POLL_INTERVAL)
+
+    def _healthy(self, http: requests.Session, timeout: float) -> bool:
+        """One health request: True on 2xx; False when not listening yet (or not answering in `timeout`)."""
+        try:
+            return 200 <= http.get(self.health_url, timeout=timeout).status_code < 300
+        except requests.RequestException:
+            return False
 
     def time_readiness_in_background(self) -> None:
         """For a server nobody waits on yet (the early start): poll its health URL in a daemon thread and keep
@@ -183,12 +186,9 @@ class ServerProcess:
             with requests.Session() as http:
                 http.trust_env = False
                 while self.startup_seconds is None and self.alive and not self._stopped and time.monotonic() < deadline:
-                    try:
-                        if 200 <= http.get(self.health_url, timeout=REQUEST_TIMEOUT).status_code < 300:
-                            self.startup_seconds = time.monotonic() - self._started_at
-                            return
-                    except requests.RequestException:
-                        pass
+                    if self._healthy(http, REQUEST_TIMEOUT):
+                        self.startup_seconds = time.monotonic() - self._started_at
+                        return
                     time.sleep(POLL_INTERVAL)
         threading.Thread(target=poll, name=f"readiness of {self.name}", daemon=True).start()
 
