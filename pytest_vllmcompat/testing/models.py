@@ -103,7 +103,7 @@ def _dist_version(name: str) -> str:
     return ".".join(importlib.metadata.version(name).split(".")[:2])
 
 
-def _content_key(spec: TinyModelSpec) -> str:
+def content_key(spec: TinyModelSpec) -> str:
     # config.json embeds transformers_version, and BPE training may change with the
     # tokenizers version, so both (major.minor) are part of the key.
     payload = {
@@ -119,8 +119,12 @@ def _content_key(spec: TinyModelSpec) -> str:
 
 def tiny_model_path(cache_root: pathlib.Path) -> pathlib.Path:
     """Return the directory of the tiny model, building it once if needed."""
-    cache_root = pathlib.Path(cache_root)
-    name = f"tiny-llama-{_content_key(TINY_MODEL_SPEC)}"
+    return cached_build(pathlib.Path(cache_root), f"tiny-llama-{content_key(TINY_MODEL_SPEC)}", build_tiny_model)
+
+
+def cached_build(cache_root: pathlib.Path, name: str, build) -> pathlib.Path:
+    """`cache_root / name`, made by `build(tmp_dir)` once: under a file lock (concurrent pytest-xdist workers wait for
+    the first), into a temporary directory renamed into place, so the directory, once there, is always complete."""
     final = cache_root / name
     if final.is_dir():  # only ever created by an atomic rename: always complete
         return final
@@ -134,7 +138,7 @@ def tiny_model_path(cache_root: pathlib.Path) -> pathlib.Path:
             shutil.rmtree(stale, ignore_errors=True)
         tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=cache_root))
         try:
-            build_tiny_model(tmp)
+            build(tmp)
             os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
             os.replace(tmp, final)
         except BaseException:

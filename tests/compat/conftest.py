@@ -1,4 +1,4 @@
-"""Fixtures shared by the compatibility suite: the transformers reference on the engines' weights."""
+"""Fixtures shared by the compatibility suite: the transformers reference on the engines' weights, the tiny VLM."""
 
 import importlib.util
 
@@ -44,6 +44,14 @@ def cell(vllmcompat_context):
     if vllmcompat_context.cell is None:
         pytest.skip(f"not a matrix cell: {vllmcompat_context.matrix_problem}")
     return vllmcompat_context.cell
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm_dir(vllmcompat_context):
+    """The tiny LLaVA (built once on the tiny Llama, cached beside it) for the trainers' image paths."""
+    from pytest_vllmcompat.testing.tiny_vlm import tiny_vlm_path
+
+    return tiny_vlm_path(vllmcompat_context.cache_dir)
 
 
 @pytest.fixture(scope="session")

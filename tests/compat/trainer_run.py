@@ -94,6 +94,41 @@ def get_time(city: str) -> str:
     return "12:00"
 
 
+# The images run: a conversational prompt per row with an image column (one solid colour per row, all different),
+# on the tiny LLaVA (pytest_vllmcompat/testing/tiny_vlm.py). What the engine is handed is recorded
+# (record_engine_inputs): each prompt must arrive with its own row's image.
+IMAGE_COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 255, 255), (255, 0, 255), (128, 128, 128),
+                 (255, 128, 0)]
+IMAGE_SIZE = 40  # not the vision tower's 32: the processors must resize
+
+
+def solid_image(colour):
+    from PIL import Image
+
+    return Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), colour)
+
+
+def record_engine_inputs(llm, tokenizer, image_token_id):
+    """Wrap the colocate engine's LLM.generate (LLM.chat, TRL 0.28.0/0.29.0's conversational path, ends in it too):
+    for every prompt handed to vLLM, which of PROMPTS its text holds, the colours of its images ([]: none), and
+    how many image tokens vLLM's prompt had (the processor's expansion of `<image>`)."""
+    seen, original = [], llm.generate
+
+    def generate(prompts, *args, **kwargs):
+        outputs = original(prompts, *args, **kwargs)
+        for prompt, output in zip(prompts if isinstance(prompts, list) else [prompts], outputs):
+            text = prompt.get("prompt") or tokenizer.decode(prompt.get("prompt_token_ids", []))
+            image = (prompt.get("multi_modal_data") or {}).get("image")
+            images = image if isinstance(image, list) else [image] if image is not None else []
+            seen.append({"row": next((i for i, p in enumerate(PROMPTS) if p in text), None),
+                         "colours": [list(img.convert("RGB").getpixel((0, 0))) for img in images],
+                         "image_tokens": list(output.prompt_token_ids).count(image_token_id)})
+        return outputs
+
+    llm.generate = generate
+    return seen
+
+
 LORA_TARGET = "o_proj"  # one projection vLLM keeps unfused under the HF name (q/k/v become qkv_proj)
 
 
@@ -116,7 +151,12 @@ def engine_model(trainer):
 
 
 def engine_tensor(trainer, name):
+    """The engine's weight for the HF weight `name`: under the same name, or (a vision-language model, whose vLLM
+    names differ: `model.language_model.X` is `language_model.model.X`) the one name ending like it."""
     params = dict(engine_model(trainer).named_parameters())
+    if name not in params:
+        tail = name.split(".language_model.")[-1]
+        (name,) = [n for n in params if n.endswith("." + tail)]
     return params[name].detach().float().clone()
 
 
@@ -143,13 +183,23 @@ def build_trainer(spec, run, mode, **config):
     random.seed(0)
     torch.manual_seed(0)
     kind, model_dir = run["trainer"], spec["model"]
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir).to(device="cpu", dtype=torch.float32)
+    if run["dataset"] == "images":  # the tiny LLaVA: its processor is the processing class
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        processing_class = AutoProcessor.from_pretrained(model_dir)
+        tokenizer = processing_class.tokenizer
+        model = AutoModelForImageTextToText.from_pretrained(model_dir).to(device="cpu", dtype=torch.float32)
+    else:
+        tokenizer = processing_class = AutoTokenizer.from_pretrained(model_dir)
+        model = AutoModelForCausalLM.from_pretrained(model_dir).to(device="cpu", dtype=torch.float32)
     if run.get("chat_template_kwargs"):  # a template that shows whether the kwargs reached it
         tokenizer.chat_template = GREETING_TEMPLATE + tokenizer.chat_template
         config = {**config, "chat_template_kwargs": dict(run["chat_template_kwargs"])}
     if run["dataset"] == "chat":
         data = {"prompt": [[{"role": "user", "content": p}] for p in PROMPTS]}
+    elif run["dataset"] == "images":
+        data = {"prompt": [[{"role": "user", "content": p}] for p in PROMPTS],
+                "image": [solid_image(c) for c in IMAGE_COLOURS]}
     elif run["dataset"] == "chat-tool-calls":
         data = {"prompt": [tool_call_history(p) for p in PROMPTS]}
     else:
@@ -192,7 +242,7 @@ def build_trainer(spec, run, mode, **config):
         common.update(num_generations_eval=EVAL_GENERATIONS, per_device_eval_batch_size=EVAL_GENERATIONS)
         extra["eval_dataset"] = Dataset.from_dict({k: v[:1] for k, v in data.items()})
     trainer = trainer_cls(model=model, reward_funcs=even_tokens, args=config_cls(**common),
-                          train_dataset=Dataset.from_dict(data), processing_class=tokenizer, **extra)
+                          train_dataset=Dataset.from_dict(data), processing_class=processing_class, **extra)
     return trainer, model, tokenizer
 
 
@@ -212,6 +262,9 @@ def colocate_main(spec):
 
     # A LoRA run trains only the adapter of o_proj: watch that weight (merged), else the embeddings.
     name = f"model.layers.0.self_attn.{LORA_TARGET}.weight" if spec.get("lora") else "model.embed_tokens.weight"
+    images = spec["dataset"] == "images"
+    if images:
+        name = "model.language_model.embed_tokens.weight"  # LlavaForConditionalGeneration, transformers 4.52+ and 5
     hf_before = trained_weight(trainer, name)
     probe_ids = [tokenizer(p)["input_ids"] for p in PROMPTS[:4]]
     sleep_mode = bool(spec.get("sleep_mode"))
@@ -227,8 +280,12 @@ def colocate_main(spec):
     # The engine starts on the checkpoint's weights (bf16): same as the HF model's within bf16 rounding.
     assert torch.allclose(eng_before, hf_before, atol=0, rtol=BF16_ROUNDING), "engine does not start on the HF weights"
 
+    if images:  # what the trainer hands the engine while it trains (not this script's probes)
+        engine_inputs = record_engine_inputs(llm, tokenizer, model.config.image_token_index)
     result = trainer.train()
     t_trained = time.monotonic()
+    if images:
+        del llm.generate  # the instance attribute: LLM.generate again
 
     hf_after = trained_weight(trainer, name)
     hf_delta = (hf_after - hf_before).abs().max().item()
@@ -269,6 +326,7 @@ def colocate_main(spec):
         "sleep_mode": sleep_mode,
         "greedy_changed_after_final_sync": greedy_before != greedy_synced,
         "tool_metrics": {k: v for h in logs for k, v in h.items() if k.startswith("tools/")},
+        "engine_inputs": engine_inputs if images else None,
         "seconds": {"build": round(t_built - t0, 1), "train": round(t_trained - t_built, 1),
                     "total": round(time.monotonic() - t0, 1)},
     }
