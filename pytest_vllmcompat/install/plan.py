@@ -64,6 +64,7 @@ def install_plan(matrix: Matrix, cell: Cell, plugin_source: Path | None = REPO_R
     overrides = [tf_spec]
     extras = matrix.backend_test_extras  # e.g. trl[peft]: what a user of LoRA installs
     if cell.lane == "cuda":
+        extras += matrix.backend_cuda_test_extras  # e.g. trl[quantization]: bitsandbytes, CUDA only
         backend = [_with_extras(cell.target, (matrix.backend_vllm_extra, *extras))]
         post: tuple[tuple[str, ...], ...] = ()
     else:

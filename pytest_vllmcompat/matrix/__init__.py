@@ -106,6 +106,7 @@ class Matrix:
     known_failures: tuple[KnownFailure, ...] = field(default=())
     test_tools: tuple[str, ...] = field(default=())
     backend_test_extras: tuple[str, ...] = field(default=())  # the backend's extras the suite uses (peft: LoRA runs)
+    backend_cuda_test_extras: tuple[str, ...] = field(default=())  # ... on the CUDA lane only (quantization: QLoRA)
     # Transformers lines per vLLM version where not all of them apply (a target's derived matrix:
     # install/target_range.py); empty for the seed matrix.
     cell_lines: dict[str, tuple[str, ...]] = field(default_factory=dict)
@@ -220,6 +221,8 @@ class _Reader(Reader):
             known_failures=self.known_failures(versions, tuple(transformers), targets, backend["name"]),
             test_tools=self.strings("test_tools", top, "matrix") if "test_tools" in top else (),
             backend_test_extras=self.strings("test_extras", backend, "backend") if "test_extras" in backend else (),
+            backend_cuda_test_extras=(self.strings("cuda_test_extras", backend, "backend")
+                                      if "cuda_test_extras" in backend else ()),
         )
 
     def known_failures(self, versions: tuple[str, ...], lines: tuple[str, ...], targets: tuple[str, ...],

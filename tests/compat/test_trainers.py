@@ -159,6 +159,37 @@ def test_grpo_colocate_with_sleep_mode_trains_and_the_engine_follows(vllm_model_
     assert summary["greedy_changed_after_final_sync"], "the engine's greedy output did not follow the training"
 
 
+@pytest.mark.gpu(n=1)
+@colocate
+@pytest.mark.parametrize("fsdp", [1, 2])
+def test_grpo_colocate_under_fsdp_trains_and_the_engine_follows(vllm_model_dir, tmp_path, fsdp):
+    """`fsdp="full_shard"` with fsdp_version 1 or 2, over one process on one GPU: VLLMGeneration.sync_weights takes
+    its FSDP path (FSDP1: summon_full_params module by module, `_fsdp_wrapped_module.` stripped from the names; FSDP2:
+    the state dict's DTensors gathered with full_tensor()). The run must train, and the engine follow and end on the
+    trained weights (the trained ones read back through accelerate's gathered state dict). CUDA only: accelerate
+    refuses FSDP without an accelerator device ("There are currently no available devices found", measured on
+    CPU), and TRL's FSDP2 sync moves CPU parameters to "cuda"."""
+    summary = run_trainer({"trainer": "grpo", "dataset": "plain", "model": str(vllm_model_dir), "steps": 2,
+                           "fsdp": fsdp}, tmp_path, gh.visible_gpus()[-1])
+    check_colocate_run(summary, {})
+
+
+@pytest.mark.gpu(n=1)
+@colocate
+def test_grpo_colocate_qlora_starts_a_bitsandbytes_engine_and_trains(vllm_model_dir, tmp_path):
+    """QLoRA: the model loaded in 4 bits (bitsandbytes `BitsAndBytesConfig(load_in_4bit=True)`, TRL's
+    `quantization` extra) with a LoRA adapter. VLLMGeneration must see the bnb Linear4bit layers and start the engine
+    with `quantization="bitsandbytes"`; the run must train 2 steps, and every sync (the adapter merged into the 4-bit
+    base, pushed, unmerged) load into that engine, which still generates afterwards. CUDA only (bitsandbytes' 4-bit
+    kernels)."""
+    summary = run_trainer({"trainer": "grpo", "dataset": "plain", "model": str(vllm_model_dir), "steps": 2,
+                           "bnb": True, "lora": True}, tmp_path, gh.visible_gpus()[-1])
+    assert summary["quantization"] == "bitsandbytes", summary
+    assert summary["base_layer"] == "Linear4bit" and summary["peft_model"].startswith("Peft"), summary
+    assert summary["global_step"] == 2, summary
+    assert summary["greedy_lengths"] == [8] * 4, summary  # it still generates (8 tokens: no EOS within them)
+
+
 def skip_unless_transformers_5():
     from importlib.metadata import version
 

@@ -135,13 +135,15 @@ LORA_TARGET = "o_proj"  # one projection vLLM keeps unfused under the HF name (q
 def trained_weight(trainer, name):
     """The HF weight `name` as the trainer holds it now: with a LoRA adapter, merged into its base layer (what
     TRL's sync_weights pushes, under the name without `base_model.model.` and `.base_layer`)."""
+    if getattr(trainer, "is_fsdp_enabled", False):  # sharded (FSDP1: flat, prefixed): gathered under the HF names
+        return trainer.accelerator.get_state_dict(trainer.model)[name].detach().float().cpu().clone()
     model = trainer.accelerator.unwrap_model(trainer.model)
     if not hasattr(model, "merge_adapter"):
-        return dict(model.named_parameters())[name].detach().clone()
+        return dict(model.named_parameters())[name].detach().float().cpu().clone()
     model.merge_adapter()
     try:
         params = {n.removeprefix("base_model.model.").replace(".base_layer", ""): p for n, p in model.named_parameters()}
-        return params[name].detach().clone()
+        return params[name].detach().float().cpu().clone()
     finally:
         model.unmerge_adapter()
 
@@ -157,7 +159,7 @@ def engine_tensor(trainer, name):
     if name not in params:
         tail = name.split(".language_model.")[-1]
         (name,) = [n for n in params if n.endswith("." + tail)]
-    return params[name].detach().float().clone()
+    return params[name].detach().float().cpu().clone()
 
 
 def greedy(trainer, prompt_ids):
@@ -189,6 +191,13 @@ def build_trainer(spec, run, mode, **config):
         processing_class = AutoProcessor.from_pretrained(model_dir)
         tokenizer = processing_class.tokenizer
         model = AutoModelForImageTextToText.from_pretrained(model_dir).to(device="cpu", dtype=torch.float32)
+    elif run.get("bnb"):  # QLoRA: 4-bit bitsandbytes weights on the GPU (CUDA only), trained through a LoRA adapter
+        from transformers import BitsAndBytesConfig
+
+        tokenizer = processing_class = AutoTokenizer.from_pretrained(model_dir)
+        model = AutoModelForCausalLM.from_pretrained(
+            model_dir, device_map={"": 0},
+            quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.float32))
     else:
         tokenizer = processing_class = AutoTokenizer.from_pretrained(model_dir)
         model = AutoModelForCausalLM.from_pretrained(model_dir).to(device="cpu", dtype=torch.float32)
@@ -214,6 +223,8 @@ def build_trainer(spec, run, mode, **config):
                   save_strategy="no", seed=0, dataloader_num_workers=0, use_vllm=True, vllm_mode=mode, **config)
     if run.get("model_impl"):  # vllm_model_impl: the engine's model implementation (colocate only)
         common["vllm_model_impl"] = run["model_impl"]
+    if run.get("fsdp"):  # FSDP 1 or 2 over this one process (accelerate's process group: RANK/WORLD_SIZE set by main)
+        common.update(fsdp="full_shard", fsdp_config={"fsdp_version": int(run["fsdp"])})
     if run.get("sleep_mode"):  # vllm_enable_sleep_mode (CUDA only in vLLM)
         common["vllm_enable_sleep_mode"] = True
     config_cls, trainer_cls = (GRPOConfig, GRPOTrainer) if kind == "grpo" else (RLOOConfig, RLOOTrainer)
@@ -246,11 +257,40 @@ def build_trainer(spec, run, mode, **config):
     return trainer, model, tokenizer
 
 
+def colocate_quantized_main(spec):
+    """QLoRA (CUDA only): TRL must start the engine with quantization="bitsandbytes" (the model has bnb Linear4bit
+    layers), train, and load each sync (adapter merged into the 4-bit base, pushed, unmerged) into the 4-bit engine,
+    which then still generates. The packed 4-bit weights are not compared with the trained ones."""
+    t0 = time.monotonic()
+    import trl
+
+    trainer, model, tokenizer = build_trainer(spec, spec, "colocate", vllm_max_model_length=512)
+    probe_ids = [tokenizer(p)["input_ids"] for p in PROMPTS[:4]]
+    greedy_before = greedy(trainer, probe_ids)
+    result = trainer.train()
+    trainer.vllm_generation.sync_weights()  # what the next step would do
+    greedy_synced = greedy(trainer, probe_ids)
+    config = trainer.vllm_generation.llm.llm_engine.vllm_config
+    base = trainer.accelerator.unwrap_model(trainer.model).get_submodule(
+        f"base_model.model.model.layers.0.self_attn.{LORA_TARGET}.base_layer")
+    summary = {"trl": trl.__version__, "quantization": config.model_config.quantization,
+               "base_layer": type(base).__name__, "global_step": trainer.state.global_step,
+               "train_loss": result.training_loss,
+               "peft_model": type(trainer.accelerator.unwrap_model(trainer.model)).__name__,
+               "greedy_lengths": [len(g) for g in greedy_synced],
+               "greedy_changed_after_final_sync": greedy_before != greedy_synced,
+               "seconds": round(time.monotonic() - t0, 1)}
+    print(json.dumps(summary), flush=True)
+    os._exit(0)
+
+
 def colocate_main(spec):
     t0 = time.monotonic()
     import torch
     import trl
 
+    if spec.get("bnb"):
+        colocate_quantized_main(spec)
     steps = int(spec.get("steps", 2))
     try:
         trainer, model, tokenizer = build_trainer(spec, spec, "colocate", vllm_max_model_length=512)
@@ -466,6 +506,8 @@ def server_main(spec):
 
 def main(spec):
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    if spec.get("fsdp"):  # accelerate's FSDP needs a process group: this one process is rank 0 of 1
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(rendezvous_port())
     (server_main if spec.get("mode") == "server" else colocate_main)(spec)
 
