@@ -135,8 +135,11 @@ LORA_TARGET = "o_proj"  # one projection vLLM keeps unfused under the HF name (q
 def trained_weight(trainer, name):
     """The HF weight `name` as the trainer holds it now: with a LoRA adapter, merged into its base layer (what
     TRL's sync_weights pushes, under the name without `base_model.model.` and `.base_layer`)."""
-    if getattr(trainer, "is_fsdp_enabled", False):  # sharded (FSDP1: flat, prefixed): gathered under the HF names
-        return trainer.accelerator.get_state_dict(trainer.model)[name].detach().float().cpu().clone()
+    wrapped = trainer.model  # FSDP wraps it in train(): FSDP1 around it, FSDP2 in place (DTensor parameters)
+    if type(wrapped).__name__ == "FullyShardedDataParallel" or any(type(p).__name__ == "DTensor"
+                                                                   for p in wrapped.parameters()):
+        # sharded (FSDP1: flat and prefixed names): accelerate's gathered state dict has the HF names
+        return trainer.accelerator.get_state_dict(wrapped)[name].detach().float().cpu().clone()
     model = trainer.accelerator.unwrap_model(trainer.model)
     if not hasattr(model, "merge_adapter"):
         return dict(model.named_parameters())[name].detach().float().cpu().clone()
