@@ -73,7 +73,6 @@ PROBE = textwrap.dedent(
         out["import_order"][name] = {
             "module_attr_replaced": late is not early[name],
             "module_attr_defined_in": getattr(late, "__module__", None),
-            "late_is_module_attr": late is getattr(modules[name], name, None),
             "early": outcome(call(early[name])),
             "after_trl": outcome(call(late)),
         }
