@@ -7,7 +7,8 @@ Server (several runs in one process: no engine lives here, each trainer only tal
 weight transport is replaced by pytest_vllmcompat.testing.lane_substitutes (and only it); on the CUDA lane it is
 real, and the server's greedy output must follow the trained weights.
 
-Usage: python trainer_run.py '{"mode": "colocate", "trainer": "grpo", "dataset": "plain"|"chat", "model": DIR, ...}'
+Usage: python trainer_run.py '{"mode": "colocate", "trainer": "grpo", "dataset": "plain"|"chat"|"images", "model": DIR,
+                               ...}'   (optional: "lora", "model_impl", "sleep_mode", "fsdp": 1|2, "bnb": QLoRA)
        python trainer_run.py '{"mode": "server", "lane": "cpu"|"cuda", "base_url": URL, "model": DIR, "out": DIR,
                                "runs": [{"trainer": ..., "dataset": ..., "tools": bool}, ...]}'
 Colocate asserts inside; server reports each run's outcome (summary or traceback). The last stdout line is JSON.
@@ -292,8 +293,6 @@ def colocate_main(spec):
     import torch
     import trl
 
-    if spec.get("bnb"):
-        colocate_quantized_main(spec)
     steps = int(spec.get("steps", 2))
     try:
         trainer, model, tokenizer = build_trainer(spec, spec, "colocate", vllm_max_model_length=512)
@@ -512,7 +511,10 @@ def main(spec):
     if spec.get("fsdp"):  # accelerate's FSDP needs a process group: this one process is rank 0 of 1
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(rendezvous_port())
-    (server_main if spec.get("mode") == "server" else colocate_main)(spec)
+    if spec.get("mode") == "server":
+        server_main(spec)
+    else:
+        (colocate_quantized_main if spec.get("bnb") else colocate_main)(spec)
 
 
 if __name__ == "__main__":
