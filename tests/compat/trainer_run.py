@@ -38,10 +38,16 @@ REWARD_EXTRA_FIELDS = []  # the extra fields each reward call received (a rollou
 
 
 def even_tokens(completions, completion_ids=None, **kw):
-    """Reward: number of even token ids in the completion (varies between samples, so advantages are non-zero)."""
+    """Reward: the number of even token ids in the completion, plus a tie-breaker of 0.01 x its place in its group.
+
+    The trainers group a batch's completions by prompt, num_generations in a row. Counts alone can all be equal
+    in a group: once (vLLM 0.10.2 tf4, server mode, whose sampling is unseeded) both steps drew four equal counts,
+    so every advantage was zero and nothing trained. The tie-breaker makes the rewards in every group differ, so
+    the advantages are non-zero whenever the completions differ. It is below 0.04, less than one count, so it
+    never reorders completions with different counts."""
     if "rollout_tag" in kw:
         REWARD_EXTRA_FIELDS.append(list(kw["rollout_tag"]))
-    return [float(sum(t % 2 == 0 for t in ids)) for ids in completion_ids]
+    return [float(sum(t % 2 == 0 for t in ids)) + 0.01 * (i % GENERATIONS) for i, ids in enumerate(completion_ids)]
 
 
 ROLLOUT_CALLS = []  # what each rollout_func call received: the number of prompts and their Python type
@@ -217,8 +223,8 @@ def build_trainer(spec, run, mode, **config):
         data = {"prompt": [tool_call_history(p) for p in PROMPTS]}
     else:
         data = {"prompt": PROMPTS}
-    # One prompt x 4 generations per step; temperature 2 so that the tiny model's samples (and rewards) differ
-    # within a group (at 1.0 they can all be equal: zero advantages, no update); lr 1e-2 so that updates survive
+    # One prompt x 4 generations per step; temperature 2 so that the tiny model's samples differ within a group
+    # (even_tokens makes their rewards differ); lr 1e-2 so that updates survive
     # the engine's bf16 rounding.
     common = dict(output_dir=run.get("out", spec["out"]), use_cpu=spec.get("lane", "cpu") == "cpu", bf16=False,
                   fp16=False, per_device_train_batch_size=4, num_generations=GENERATIONS,
