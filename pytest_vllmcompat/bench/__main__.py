@@ -21,6 +21,9 @@ In one run, for one cell (its existing environment):
                    --envdir with the uv cache warm and, with --cold, with an empty UV_CACHE_DIR; then
                    `nox -R -s SESSION -- --co -q` reusing the warm env. Scratch envdirs: the shared `.nox/` is untouched.
 
+Compile caches: every measurement uses the harness's vLLM and inductor compile caches (process/compile_cache.py), so
+the floor and the cell start alike; --cold-compile-caches gives each measurement new empty ones instead.
+
 The load average is recorded around every measurement: other engines on the machine distort all of it.
 """
 
@@ -41,6 +44,7 @@ from .cell import whole_cell
 from .measure import (
     DEFAULT_ENV,
     DEFAULT_SESSION,
+    compile_caches,
     env_creation,
     floor_colocate,
     floor_server,
@@ -63,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-sequential", action="store_true", help="skip the VLLMCOMPAT_PRESTART=0 comparison run")
     ap.add_argument("--no-env", action="store_true", help="skip the nox environment creation timings")
     ap.add_argument("--cold", action="store_true", help="also time creation with an empty uv cache (downloads)")
+    ap.add_argument("--cold-compile-caches", action="store_true", help="start every measurement with empty vLLM "
+                    "and inductor compile caches (default: the harness's, under its cache folder)")
     ap.add_argument("--whole-cell", action="store_true", help="time the whole cell (nox -R -s SESSION) by phase "
                     "instead of the smoke runs and env timings")
     args = ap.parse_args(argv)
@@ -76,17 +82,19 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     for i in range(args.repeat):
         print(f"[{i + 1}/{args.repeat}] load {load_average()} ...", file=sys.stderr, flush=True)
-        run: dict = {"floor_colocate": floor_colocate(python, model, workdir)}
-        run["floor_server"] = floor_server(env_dir, model, workdir)
+        cold = args.cold_compile_caches
+        run: dict = {"compile_caches": "cold" if cold else "warm",
+                     "floor_colocate": floor_colocate(python, model, workdir, compile_caches(workdir, cold=cold))}
+        run["floor_server"] = floor_server(env_dir, model, workdir, compile_caches(workdir, cold=cold))
         if args.whole_cell:
-            run["cell"] = whole_cell(args.session, workdir)
+            run["cell"] = whole_cell(args.session, workdir, compile_caches(workdir, cold=cold))
         else:
             run["harness_overlap"] = harness(python, workdir, prestart=True)
             if not args.no_sequential:
                 run["harness_sequential"] = harness(python, workdir, prestart=False)
             if not args.no_env:
                 run["env"] = env_creation(args.session, workdir, cold=args.cold)
-        for key, r in run.items():
+        for key, r in ((k, v) for k, v in run.items() if isinstance(v, dict)):
             print(f"  {key}: " + (f"{r['wall']} s, load {r['load_before']}" if "wall" in r else "done"),
                   file=sys.stderr, flush=True)
         floor = run["floor_colocate"]["wall"] + run["floor_server"]["wall"]
@@ -123,7 +131,7 @@ def print_table(run: dict, n: int) -> None:
         labels = {"cold": "nox env create, empty uv cache", "warm": "nox env create, warm uv cache",
                   "reuse": "nox -R reuse up to collection"}
         rows += [(labels[k], r) for k, r in run["env"].items()]
-    print(f"\nrun {n}  (floor total {run['floor_total']} s)")
+    print(f"\nrun {n}  (floor total {run['floor_total']} s, compile caches {run['compile_caches']})")
     print(f"{'measurement':40} {'wall s':>8} {'ratio':>6} {'peak RSS MiB':>13} {'engines (colo/srv)':>19}  load 1m")
     for name, r in rows:
         eng = r.get("engines")

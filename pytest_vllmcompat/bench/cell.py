@@ -12,6 +12,7 @@ durations of the tests that first needed them (the server's early start overlaps
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -29,11 +30,12 @@ PHASES = (
 )
 
 
-def whole_cell(session: str, workdir: Path) -> dict:
-    """Run the cell once; its wall time, peak memory, phases, start-ups and engines."""
+def whole_cell(session: str, workdir: Path, caches: dict[str, str]) -> dict:
+    """Run the cell once (with these compile-cache variables); its wall time, peak memory, phases, start-ups."""
     results = workdir / f"cell-results-{len(list(workdir.glob('cell-results-*')))}"
     nox = shutil.which("nox") or "nox"
-    r = run_timed([nox, "-R", "-s", session, "--", "--vllm-results", str(results)], log=workdir / f"{results.name}.log")
+    r = run_timed([nox, "-R", "-s", session, "--", "--vllm-results", str(results)], env={**os.environ, **caches},
+                  log=workdir / f"{results.name}.log")
     files = sorted(results.glob("*.json"))
     if not files:
         raise SystemExit(f"the cell wrote no results (exit {r['rc']}):\n{r['tail']}")

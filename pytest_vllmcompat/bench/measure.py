@@ -17,6 +17,7 @@ from ..backend.settings import (
     CPU_ENGINE_ENV as ENGINE_ENV,  # the floor's engines get the env the harness gives its own
 )
 from ..process import procfs
+from ..process.compile_cache import CACHE_DIR_ENV, COMPILE_CACHE_VARS, DEFAULT_CACHE_DIR, compile_cache_env
 from ..process.executor import ServerProcess, stop_group
 from ..process.ports import free_port
 
@@ -71,6 +72,15 @@ class TreeMonitor:
             self._stop.wait(self.interval)
 
 
+def compile_caches(workdir: Path, *, cold: bool) -> dict[str, str]:
+    """The compile-cache variables of one measurement: the harness's own folders (what a cell's pytest sets,
+    process/compile_cache.py), or with cold=True a new empty folder (a fresh CI runner's start)."""
+    if cold:
+        fresh = Path(tempfile.mkdtemp(prefix="compile-cold-", dir=workdir))
+        return {var: str(fresh / sub) for var, sub in COMPILE_CACHE_VARS.items()}
+    return compile_cache_env(Path(os.environ.get(CACHE_DIR_ENV) or DEFAULT_CACHE_DIR), os.environ)
+
+
 def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
@@ -105,10 +115,10 @@ def model_path(python: str) -> str:
     return subprocess.run([python, "-c", code], check=True, capture_output=True, text=True).stdout.strip()
 
 
-def floor_colocate(python: str, model: str, workdir: Path) -> dict:
+def floor_colocate(python: str, model: str, workdir: Path, caches: dict[str, str]) -> dict:
     script = workdir / "floor_colocate.py"
     script.write_text(FLOOR_COLOCATE)
-    r = run_timed([python, str(script), model, str(free_port())], env={**os.environ, **ENGINE_ENV})
+    r = run_timed([python, str(script), model, str(free_port())], env={**os.environ, **ENGINE_ENV, **caches})
     for line in r["output"].splitlines():
         if line.startswith("BENCH "):
             r["phases"] = dict(kv.split("=") for kv in line.split()[1:])
@@ -117,7 +127,7 @@ def floor_colocate(python: str, model: str, workdir: Path) -> dict:
     return r
 
 
-def floor_server(env_dir: Path, model: str, workdir: Path, timeout: float = 600.0) -> dict:
+def floor_server(env_dir: Path, model: str, workdir: Path, caches: dict[str, str], timeout: float = 600.0) -> dict:
     """A raw `trl vllm-serve` with the harness's argv, until /health/ answers (the executor's own health poll)."""
     port = free_port()
     # The argv the harness's server fixture runs (same --max_model_len), so the ratio compares like with like.
@@ -127,7 +137,7 @@ def floor_server(env_dir: Path, model: str, workdir: Path, timeout: float = 600.
             "max_model_len=MAX_MODEL_LEN), sep='\\n')")
     argv = subprocess.run([str(env_dir / "bin" / "python"), "-c", code, model, str(port)], check=True,
                           capture_output=True, text=True).stdout.splitlines()
-    env = {**ENGINE_ENV, "PATH": f"{env_dir / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = {**ENGINE_ENV, **caches, "PATH": f"{env_dir / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"}
     server = ServerProcess("floor trl vllm-serve", argv, port=port, health_url=f"http://127.0.0.1:{port}/health/",
                            log_path=workdir / f"floor-server-{port}.log", env=env, startup_timeout=timeout)
     load_before = load_average()

@@ -12,6 +12,7 @@ import os
 import signal
 import time
 from collections.abc import Generator
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -19,6 +20,7 @@ import pytest
 
 from .. import host
 from ..process import childenv
+from ..process.compile_cache import COMPILE_CACHE_VARS, compile_cache_env
 from ..process.sweep import sweep_leftovers
 from . import known_failures, selection, settings, skips, state
 from .context import build as build_context
@@ -62,7 +64,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(StartupRelay(state.of(config)), "vllmcompat-startups")
     _stop_cleanly_on_sigterm()
     _pin_gpu_for_xdist_worker(state.of(config).context.lane)
-    childenv.record_session_start()  # after the GPU pinning, which children must inherit
+    # Before any engine import, and before the children's environment is recorded: every engine shares them.
+    os.environ.update(compile_cache_env(Path(settings.resolve(config, "vllm_cache_dir")), os.environ))
+    childenv.record_session_start()  # after the GPU pinning and the compile caches, which children must inherit
 
 
 def _pin_gpu_for_xdist_worker(lane: str) -> None:
@@ -105,7 +109,9 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     if not state.has_state(config):
         return []
     run = state.of(config)
-    return run.context.header() + [f"vllmcompat swept a leftover of a crashed run: {line}" for line in run.swept]
+    caches = ", ".join(f"{var}={os.environ.get(var, '')}" for var in COMPILE_CACHE_VARS)
+    return [*run.context.header(), f"vllmcompat compile caches: {caches}",
+            *(f"vllmcompat swept a leftover of a crashed run: {line}" for line in run.swept)]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

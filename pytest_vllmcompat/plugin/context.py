@@ -18,6 +18,8 @@ from ..install.target_range import target_matrix
 from ..matrix import Cell, Matrix
 from . import settings as config
 
+NO_TARGET = "trl (not installed)"  # the target label when none is given and the backend is not installed
+
 
 @dataclass(frozen=True)
 class Context:
@@ -74,7 +76,7 @@ def build(cfg: pytest.Config) -> Context:
         shown = f"{model_source} {model_opt}" if model_source.startswith("--") else f"{model_source}={model_opt}"
         raise pytest.UsageError(f"{shown}: no model there ({model / 'config.json'} does not exist)")
     trl_version = cellinfo.installed("trl")
-    target = config.resolve(cfg, "vllm_target") or (f"trl=={trl_version}" if trl_version else "trl (not installed)")
+    target = config.resolve(cfg, "vllm_target") or (f"trl=={trl_version}" if trl_version else NO_TARGET)
     refusal = target_mismatch(target, trl_version)
     if refusal:
         raise pytest.UsageError(refusal)
@@ -87,7 +89,9 @@ def build(cfg: pytest.Config) -> Context:
             raise pytest.UsageError(str(exc)) from None
         problem = f"no matrix ({exc}); no known failures applied"
     vllm_version, tf_line = cellinfo.installed("vllm"), cellinfo.transformers_line()
-    if the_matrix is not None and vllm_version not in the_matrix.vllm_versions and target not in the_matrix.targets:
+    if the_matrix is not None and target == NO_TARGET:  # nothing to look a later release's range up by
+        problem = "trl is not installed and no --vllm-target was given: no backend target, no known failures applied"
+    elif the_matrix is not None and vllm_version not in the_matrix.vllm_versions and target not in the_matrix.targets:
         try:  # a later release of the backend: the cells of its own declared range (the index, cached by nox -l)
             the_matrix, _ = target_matrix(the_matrix, target)
         except VllmcompatError as exc:

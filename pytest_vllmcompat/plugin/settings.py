@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
+
+from ..process.compile_cache import CACHE_DIR_ENV, DEFAULT_CACHE_DIR
 
 MODES = ("colocate", "server")
 MODE_CHOICES = (*MODES, "all")
@@ -35,7 +36,7 @@ SETTINGS = (
     Setting("vllm_startup_timeout", "VLLMCOMPAT_STARTUP_TIMEOUT", "300", "seconds a server may take to answer its health check", kind=float, positive=True),
     Setting("vllm_lane", "VLLMCOMPAT_LANE", "auto", "cpu or cuda lane (auto: cuda when a GPU is visible)", LANE_CHOICES),
     Setting("vllm_target", "VLLMCOMPAT_TARGET", "", "backend target label (pip spec or checkout path) used to match known failures; default: trl==<installed version>"),
-    Setting("vllm_cache_dir", "VLLMCOMPAT_CACHE_DIR", str(Path.home() / ".cache" / "pytest-vllmcompat"), "where the tiny model is built and kept"),
+    Setting("vllm_cache_dir", CACHE_DIR_ENV, str(DEFAULT_CACHE_DIR), "where the tiny models and the compile caches are kept"),
     Setting("vllm_results", "VLLMCOMPAT_RESULTS", "", "directory to write this run's JSON result into (the gate reads it); default: none written"),
 )
 BY_NAME = {s.name: s for s in SETTINGS}

@@ -1,6 +1,8 @@
-"""Options, their precedence (CLI > env > ini > default), mode selection and known failures."""
+"""Options, their precedence (CLI > env > ini > default), mode selection, known failures, compile caches."""
 
 import pytest
+
+from pytest_vllmcompat.process.compile_cache import COMPILE_CACHE_VARS, compile_cache_env
 
 MODE_TESTS = """
 import pytest
@@ -209,3 +211,40 @@ def test_a_pinned_target_other_than_the_installed_release_is_refused():
     assert target_mismatch("trl[peft]==0.29.1", None) is not None
     assert target_mismatch("trl==0.29.1", "0.29.1") is None
     assert target_mismatch("/path/to/trl-checkout", "1.17.0.dev0") is None  # a local checkout is not a pin
+
+
+COMPILE_CACHE_CHILD = """
+import os, subprocess, sys
+from pytest_vllmcompat.process.childenv import child_env
+
+def test_engines_and_children_get_the_compile_caches():
+    code = "import os; print(os.environ['VLLM_CACHE_ROOT'], os.environ['TORCHINDUCTOR_CACHE_DIR'])"
+    child = subprocess.run([sys.executable, "-c", code], env=child_env(), capture_output=True, text=True, check=True)
+    assert child.stdout.split() == [os.environ["VLLM_CACHE_ROOT"], os.environ["TORCHINDUCTOR_CACHE_DIR"]]
+    print("IN-PROCESS", os.environ["VLLM_CACHE_ROOT"], os.environ["TORCHINDUCTOR_CACHE_DIR"])
+"""
+
+
+def test_compile_caches_go_under_the_cache_dir_for_the_run_and_its_children(pytester, tmp_path, monkeypatch):
+    """The colocate engine (in-process) and every child (servers, probes, trainer runs) see the same compile caches
+    under --vllm-cache-dir; the header says where."""
+    for var in COMPILE_CACHE_VARS:
+        monkeypatch.delenv(var, raising=False)
+    pytester.makepyfile(COMPILE_CACHE_CHILD)
+    cache = tmp_path / "cache"
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-s", f"--vllm-cache-dir={cache}")
+    result.assert_outcomes(passed=1)
+    vllm, inductor = cache / "compile" / "vllm", cache / "compile" / "torchinductor"
+    result.stdout.fnmatch_lines([f"vllmcompat compile caches: VLLM_CACHE_ROOT={vllm}, TORCHINDUCTOR_CACHE_DIR={inductor}",
+                                 f"*IN-PROCESS {vllm} {inductor}*"])
+
+
+def test_a_compile_cache_the_user_set_wins(pytester, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    monkeypatch.delenv("VLLM_CACHE_ROOT", raising=False)
+    pytester.makepyfile(COMPILE_CACHE_CHILD)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-s", f"--vllm-cache-dir={tmp_path / 'c'}")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines([f"*IN-PROCESS {tmp_path / 'c' / 'compile' / 'vllm'} {tmp_path / 'mine'}*"])
+    assert compile_cache_env(tmp_path, {"VLLM_CACHE_ROOT": "/x"}) == {
+        "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "compile" / "torchinductor")}
