@@ -20,7 +20,13 @@ from email.parser import HeaderParser
 from pathlib import Path
 from typing import Any
 
-from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
+from packaging.utils import (
+    InvalidSdistFilename,
+    InvalidWheelFilename,
+    canonicalize_name,
+    parse_sdist_filename,
+    parse_wheel_filename,
+)
 from packaging.version import InvalidVersion, Version
 
 from ..errors import IndexUnavailable
@@ -93,6 +99,17 @@ def wheel_files(name: str, version: str) -> list[dict[str, Any]]:
         except (InvalidWheelFilename, InvalidVersion):
             continue
     return found
+
+
+def sdist_file(name: str, version: str) -> dict[str, Any] | None:
+    """The index's source distribution of `name==version` (a PEP 691 entry), or None."""
+    for f in _project(name)["files"]:
+        try:
+            if f["filename"].endswith(".tar.gz") and parse_sdist_filename(f["filename"])[1] == Version(version):
+                return f
+        except (InvalidSdistFilename, InvalidVersion):
+            continue
+    return None
 
 
 def download(url: str, path: Path, timeout: float = 120.0) -> None:

@@ -6,13 +6,15 @@ The cell's plan (install/plan.py, overrides included) plus this project's own de
 is dropped (the cell reuses it: VLLMCOMPAT_HOST_TORCH); one it has at another version is carried. `--exclude`
 leaves out distributions (and what only they require). Added, never dropped: the build backend of this checkout
 (its editable install builds in an isolated environment) and nox with its dependencies (the runner's own venv).
-Wheels come from the index (PEP 691 file lists, sha256 checked), best tag for the destination first, cached.
+Wheels come from the index (PEP 691 file lists, sha256 checked), best tag for the destination first, cached; a
+distribution published only as source is built into a wheel here (wheel_from_sdist).
 """
 
 from __future__ import annotations
 
 import re
 import shutil
+import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -143,7 +145,13 @@ def fetch(plan: WheelPlan, cache: Path, workers: int = 8) -> list[dict[str, Any]
     """Download (or take from `cache`) every wanted wheel, sha256-checked; the manifest's file entries."""
     def one(item: tuple[tuple[str, str], list[str]]) -> dict[str, Any]:
         (name, version), sections = item
-        chosen = choose(index.wheel_files(name, version), name, version, plan.dest)
+        wheels = index.wheel_files(name, version)
+        sdist = None if wheels else index.sdist_file(name, version)
+        if sdist is not None:  # published as source only (DeepSpeed)
+            built, source = wheel_from_sdist(name, version, sdist, cache, plan.dest)
+            return {"name": name, "version": version, "filename": built.name, "sha256": pieces.sha256(built),
+                    "size": built.stat().st_size, "sections": sections, "built_from": source}
+        chosen = choose(wheels, name, version, plan.dest)
         path = cache / chosen["filename"]
         expected = chosen.get("hashes", {}).get("sha256")
         if not (path.is_file() and (expected is None or pieces.sha256(path) == expected)):
@@ -156,6 +164,34 @@ def fetch(plan: WheelPlan, cache: Path, workers: int = 8) -> list[dict[str, Any]
 
     with ThreadPoolExecutor(workers) as pool:
         return sorted(pool.map(one, plan.wanted().items()), key=lambda e: e["filename"])
+
+
+def wheel_from_sdist(name: str, version: str, sdist: dict[str, Any], cache: Path,
+                     dest: Destination) -> tuple[Path, dict[str, str]]:
+    """(the wheel, its source's filename and sha256) for a distribution the index has only as source: built here with
+    `uv build --wheel` (what uv would do at install, which the destination cannot: no index for the build backend),
+    kept only if it fits the destination. A pure-Python wheel does (DeepSpeed builds one: its CUDA ops are compiled
+    at run time); a wheel with parts compiled here is refused."""
+    source = cache / sdist["filename"]
+    expected = sdist.get("hashes", {}).get("sha256")
+    if not (source.is_file() and (expected is None or pieces.sha256(source) == expected)):
+        index.download(sdist["url"], source)
+    digest = pieces.sha256(source)
+    if expected and digest != expected:
+        raise WheelhouseError(f"{source.name}: downloaded sha256 {digest} is not the index's {expected}")
+    out = cache / "built" / f"{source.name}-{digest[:12]}"
+    if not list(out.glob("*.whl")):
+        done = subprocess.run([*resolve.uv_command(), "build", "--wheel", "--out-dir", str(out), str(source)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            tail = "\n".join((done.stdout + done.stderr).splitlines()[-15:])
+            raise WheelhouseError(f"{name}=={version}: the index has only {source.name}, and building its wheel "
+                                  f"failed (uv build, exit {done.returncode}):\n{tail}")
+    (wheel,) = out.glob("*.whl")
+    choose([{"filename": wheel.name}], name, version, dest)  # raises unless its tags fit the destination
+    kept = cache / wheel.name
+    shutil.copy2(wheel, kept)
+    return kept, {"sdist": source.name, "sha256": digest}
 
 
 def manifest(plan: WheelPlan, files: list[dict[str, Any]], have_source: str, exclude: list[str]) -> dict[str, Any]:

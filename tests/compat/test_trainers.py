@@ -176,6 +176,19 @@ def test_grpo_colocate_under_fsdp_trains_and_the_engine_follows(vllm_model_dir, 
 
 @pytest.mark.gpu(n=1)
 @colocate
+def test_grpo_colocate_under_zero3_trains_and_the_engine_follows(vllm_model_dir, tmp_path):
+    """DeepSpeed ZeRO-3 (`deepspeed={"zero_optimization": {"stage": 3}, ...}`, the backend's `deepspeed` extra) over
+    one process on one GPU: the parameters are partitioned, so VLLMGeneration.sync_weights takes its ZeRO-3 path
+    (each module's parameters gathered with deepspeed.zero.GatheredParameters, then loaded). The run must train, and
+    the engine follow and end on the trained weights (read back gathered the same way). CUDA only: on CPU DeepSpeed
+    needs its oneCCL accelerator, which the cells do not install."""
+    summary = run_trainer({"trainer": "grpo", "dataset": "plain", "model": str(vllm_model_dir), "steps": 2,
+                           "zero3": True}, tmp_path, gh.visible_gpus()[-1])
+    check_colocate_run(summary, {})
+
+
+@pytest.mark.gpu(n=1)
+@colocate
 def test_grpo_colocate_qlora_starts_a_bitsandbytes_engine_and_trains(vllm_model_dir, tmp_path):
     """QLoRA: the model loaded in 4 bits (bitsandbytes `BitsAndBytesConfig(load_in_4bit=True)`, TRL's
     `quantization` extra) with a LoRA adapter. VLLMGeneration must see the bnb Linear4bit layers and start the engine

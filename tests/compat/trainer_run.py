@@ -8,7 +8,7 @@ weight transport is replaced by pytest_vllmcompat.testing.lane_substitutes (and 
 real, and the server's greedy output must follow the trained weights.
 
 Usage: python trainer_run.py '{"mode": "colocate", "trainer": "grpo", "dataset": "plain"|"chat"|"images", "model": DIR,
-                               ...}'   (optional: "lora", "model_impl", "sleep_mode", "fsdp": 1|2, "bnb": QLoRA)
+                               ...}'   (optional: "lora", "model_impl", "sleep_mode", "fsdp": 1|2, "zero3", "bnb": QLoRA)
        python trainer_run.py '{"mode": "server", "lane": "cpu"|"cuda", "base_url": URL, "model": DIR, "out": DIR,
                                "runs": [{"trainer": ..., "dataset": ..., "tools": bool}, ...]}'
 Colocate asserts inside; server reports each run's outcome (summary or traceback). The last stdout line is JSON.
@@ -148,6 +148,12 @@ def trained_weight(trainer, name):
         # sharded (FSDP1: flat and prefixed names): accelerate's gathered state dict has the HF names
         return trainer.accelerator.get_state_dict(wrapped)[name].detach().float().cpu().clone()
     model = trainer.accelerator.unwrap_model(trainer.model)
+    if any(hasattr(p, "ds_id") for p in model.parameters()):  # ZeRO-3 partitioned them in train(): gather this one
+        import deepspeed
+
+        param = dict(model.named_parameters())[name]
+        with deepspeed.zero.GatheredParameters([param]):
+            return param.detach().float().cpu().clone()
     if not hasattr(model, "merge_adapter"):
         return dict(model.named_parameters())[name].detach().float().cpu().clone()
     model.merge_adapter()
@@ -235,6 +241,11 @@ def build_trainer(spec, run, mode, **config):
         common["vllm_model_impl"] = run["model_impl"]
     if run.get("fsdp"):  # FSDP 1 or 2 over this one process (accelerate's process group: RANK/WORLD_SIZE set by main)
         common.update(fsdp="full_shard", fsdp_config={"fsdp_version": int(run["fsdp"])})
+    if run.get("zero3"):  # DeepSpeed ZeRO-3 over this one process (RANK/WORLD_SIZE set by main). No "optimizer"
+        # section: the HF Trainer hands DeepSpeed its own AdamW (and sets zero_allow_untested_optimizer itself).
+        common["deepspeed"] = {"zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": "auto",
+                               "train_batch_size": "auto", "gradient_accumulation_steps": "auto",
+                               "gradient_clipping": "auto", "bf16": {"enabled": "auto"}, "fp16": {"enabled": "auto"}}
     if run.get("sleep_mode"):  # vllm_enable_sleep_mode (CUDA only in vLLM)
         common["vllm_enable_sleep_mode"] = True
     config_cls, trainer_cls = (GRPOConfig, GRPOTrainer) if kind == "grpo" else (RLOOConfig, RLOOTrainer)
@@ -514,7 +525,7 @@ def server_main(spec):
 
 def main(spec):
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    if spec.get("fsdp"):  # accelerate's FSDP needs a process group: this one process is rank 0 of 1
+    if spec.get("fsdp") or spec.get("zero3"):  # accelerate's FSDP / DeepSpeed need a process group: rank 0 of 1
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(rendezvous_port())
     if spec.get("mode") == "server":

@@ -71,7 +71,7 @@ def test_plan_cli_lists_plans_without_resolving(capsys):
     assert main(["plan", "--lane", "cuda", "--vllm", "0.10.2"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "vllm-0.10.2(tf4) [cuda] trl==0.29.1"
-    assert out[1] == "  requirements: vllm==0.10.2 | trl[peft,quantization,vllm]==0.29.1 | transformers>=4.56.2,<5 | pytest-xdist>=3.6,<4"
+    assert out[1] == "  requirements: vllm==0.10.2 | trl[deepspeed,peft,quantization,vllm]==0.29.1 | transformers>=4.56.2,<5 | pytest-xdist>=3.6,<4"
     assert len(out) == 6  # two cells, three lines each
 
 
@@ -84,7 +84,7 @@ def test_plan_cli_rejects_unknown_version(capsys):
 def test_cuda_plan_contents(cell):
     plan = install_plan.install_plan(MATRIX, cell)
     tf = MATRIX.transformers[cell.transformers]
-    assert plan.requirements == (f"vllm=={cell.vllm}", "trl[peft,quantization,vllm]==0.29.1", tf, "pytest-xdist>=3.6,<4", f"-e {install_plan.REPO_ROOT}")
+    assert plan.requirements == (f"vllm=={cell.vllm}", "trl[deepspeed,peft,quantization,vllm]==0.29.1", tf, "pytest-xdist>=3.6,<4", f"-e {install_plan.REPO_ROOT}")
     assert plan.overrides == (tf,)  # vLLM's own torch pin stands: exactly what users get
     assert plan.post_install == (install_plan.BYTECODE_STEP,)  # the only step: uv writes no .pyc files
 
