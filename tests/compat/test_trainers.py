@@ -184,6 +184,7 @@ def test_grpo_colocate_under_zero3_trains_and_the_engine_follows(vllm_model_dir,
     needs its oneCCL accelerator, which the cells do not install."""
     summary = run_trainer({"trainer": "grpo", "dataset": "plain", "model": str(vllm_model_dir), "steps": 2,
                            "zero3": True}, tmp_path, gh.visible_gpus()[-1])
+    assert summary["zero_stage"] == 3 and summary["zero3_partitioned"], summary  # DeepSpeed really sharded them
     check_colocate_run(summary, {})
 
 

@@ -367,6 +367,7 @@ def colocate_main(spec):
     greedy_synced = greedy(trainer, probe_ids)
     logs = [h for h in trainer.state.log_history if "loss" in h]
     config = trainer.vllm_generation.llm.llm_engine.vllm_config  # what the trainer's arguments became in vLLM
+    deepspeed_plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
     summary = {
         "engine_config": {"max_num_seqs": config.scheduler_config.max_num_seqs,
                           "max_num_batched_tokens": config.scheduler_config.max_num_batched_tokens,
@@ -383,6 +384,9 @@ def colocate_main(spec):
         "engine_vs_trained_after_sync": synced_err, "engine_matches_trained": ok_sync,
         "greedy_changed_during_training": None if sleep_mode else greedy_before != greedy_after,
         "sleep_mode": sleep_mode,
+        # DeepSpeed in use, and the parameters partitioned (ZeRO-3 gives each a ds_id): the sync had to gather them
+        "zero_stage": deepspeed_plugin.zero_stage if deepspeed_plugin else None,
+        "zero3_partitioned": any(hasattr(p, "ds_id") for p in trainer.accelerator.unwrap_model(trainer.model).parameters()),
         "greedy_changed_after_final_sync": greedy_before != greedy_synced,
         "tool_metrics": {k: v for h in logs for k, v in h.items() if k.startswith("tools/")},
         "engine_inputs": engine_inputs if images else None,
