@@ -202,3 +202,54 @@ def test_reading_this_interpreter():
     me = host_torch.read(sys.executable)
     assert me.version == f"{sys.version_info[0]}.{sys.version_info[1]}" and "pytest" in me.packages
     assert host_torch.torch_source() in (None, "cell", "host")
+
+
+@pytest.fixture
+def sdist(tmp_path, monkeypatch):
+    """A source-only distribution on a file:// "index", and `uv build` replaced by a builder that writes the wheel
+    named by the test (the real `uv build` is what made the H200 wheelhouse's DeepSpeed wheel)."""
+    source = tmp_path / "index" / "tinyds-1.0.tar.gz"
+    source.parent.mkdir()
+    source.write_bytes(b"not really a tarball")
+    built = {"name": "tinyds-1.0-py3-none-any.whl", "rc": 0}
+
+    def fake_build(cmd, **kwargs):
+        assert cmd[-5:-1] == ["build", "--wheel", "--out-dir", cmd[-2]] and cmd[-1].endswith("tinyds-1.0.tar.gz")
+        if built["rc"] == 0:
+            Path(cmd[-2]).mkdir(parents=True, exist_ok=True)
+            (Path(cmd[-2]) / built["name"]).write_bytes(b"wheel bytes")
+        return subprocess.CompletedProcess(cmd, built["rc"], "", "error: setup.py failed\n")
+
+    monkeypatch.setattr(wheelhouse.subprocess, "run", fake_build)
+    entry = {"filename": source.name, "url": source.as_uri(), "hashes": {"sha256": pieces.sha256(source)}}
+    return entry, built, tmp_path / "cache"
+
+
+def test_a_source_only_distribution_is_built_and_kept_when_its_wheel_fits(sdist):
+    entry, _, cache = sdist
+    wheel, source = wheelhouse.wheel_from_sdist("tinyds", "1.0", entry, cache,
+                                                wheelhouse.destination("3.12", "manylinux_2_39_x86_64"))
+    assert wheel == cache / "tinyds-1.0-py3-none-any.whl" and wheel.read_bytes() == b"wheel bytes"
+    assert source == {"sdist": "tinyds-1.0.tar.gz", "sha256": entry["hashes"]["sha256"]}
+
+
+def test_a_built_wheel_that_does_not_fit_the_destination_is_refused(sdist):
+    entry, built, cache = sdist
+    built["name"] = "tinyds-1.0-cp311-cp311-linux_x86_64.whl"  # compiled here, for this machine's Python
+    with pytest.raises(WheelhouseError, match=r"tinyds==1.0: no wheel for CPython 3.12 x86_64-manylinux_2_39"):
+        wheelhouse.wheel_from_sdist("tinyds", "1.0", entry, cache, wheelhouse.destination("3.12", "manylinux_2_39_x86_64"))
+
+
+def test_a_failed_source_build_is_refused_with_its_output(sdist):
+    entry, built, cache = sdist
+    built["rc"] = 1
+    with pytest.raises(WheelhouseError, match=r"(?s)only tinyds-1.0.tar.gz, and building its wheel failed "
+                                              r"\(uv build, exit 1\):\nerror: setup.py failed"):
+        wheelhouse.wheel_from_sdist("tinyds", "1.0", entry, cache, wheelhouse.destination("3.12", "manylinux_2_39_x86_64"))
+
+
+def test_a_source_with_another_sha256_is_refused(sdist):
+    entry, _, cache = sdist
+    with pytest.raises(WheelhouseError, match=r"tinyds-1.0.tar.gz: downloaded sha256 \w+ is not the index's 00ff"):
+        wheelhouse.wheel_from_sdist("tinyds", "1.0", {**entry, "hashes": {"sha256": "00ff"}}, cache,
+                                    wheelhouse.destination("3.12", "manylinux_2_39_x86_64"))
