@@ -22,7 +22,7 @@ from .measure import run_timed
 # (phase, nodeid pattern): the first matching phase takes a test.
 PHASES = (
     ("patch probes (fresh interpreters)", r"tests/compat/test_patch(es|_tripwires)\.py::"),
-    ("colocate trainer runs (a child each)", r"tests/compat/test_trainers\.py::test_\w*colocate"),
+    ("colocate trainer runs (children)", r"tests/compat/test_trainers\.py::test_\w*colocate"),
     ("server trainer runs (one child)", r"tests/compat/test_trainers\.py::"),
     ("float32 server + structured outputs", r"tests/compat/test_structured_outputs\.py::"),
     ("session server's breaking tests (last)", r"::test_over_long_prompt_is_(an_error|400)"),

@@ -1,9 +1,12 @@
 """TRL's trainers end to end with use_vllm=True: GRPOTrainer and RLOOTrainer, a few optimizer steps on the tiny
 model, plain and conversational prompts (GRPO also with tools), in both vLLM modes.
 
-Colocate: each run is a fresh interpreter (trainer_run.py next to this file, run with this cell's python): a
+Colocate: runs happen in child interpreters (trainer_run.py next to this file, run with this cell's python): a
 colocate engine lives in its process with torch.distributed state, and the session's `colocate_generator` may
-already hold one in this pytest process. Checked inside trainer_run.py: the engine starts on the checkpoint's
+already hold one in this pytest process. The four GRPO/RLOO x plain/chat runs share one child and one engine
+(their trainers ask for the same one; shared_engine.py resets it to the checkpoint's weights between runs); a run
+whose engine differs (another model implementation, the LLaVA, sleep mode, FSDP, ZeRO-3, QLoRA) has a child of its
+own. Checked inside trainer_run.py: the engine starts on the checkpoint's
 weights; training changes the HF weights; the engine's weights change during training (TRL syncs before each
 step's generation); after a final sync_weights() the engine holds exactly the trained weights (bf16 rounding)
 and its greedy output changed.
@@ -49,11 +52,8 @@ def run_trainer(spec: dict, tmp_path, gpu: str | None = None) -> dict:
     proc = subprocess.run([sys.executable, str(SCRIPT), json.dumps(spec)], capture_output=True, text=True, env=env,
                           timeout=TIMEOUT, cwd=tmp_path)
     elapsed = time.monotonic() - started
-    # vLLM logs some errors (a model module that fails to import) to stdout, not stderr: those lines are shown too.
-    logged = "\n".join(line for line in proc.stdout.splitlines() if "Error" in line)[-2000:]
     assert proc.returncode == 0, (f"{spec['trainer']} ({spec['dataset']}) failed after {elapsed:.0f} s "
-                                  f"(exit {proc.returncode}):\n{proc.stderr[-4000:]}"
-                                  + (f"\n--- errors it logged to stdout ---\n{logged}" if logged else ""))
+                                  f"(exit {proc.returncode}):\n{proc.stderr[-4000:]}" + logged_errors(proc.stdout))
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     if "skip" in summary:
         pytest.skip(summary["skip"])
@@ -82,15 +82,59 @@ def check_colocate_run(summary: dict, settings: dict) -> None:
                                         "gpu_memory_utilization": 0.3}, summary["engine_config"]
 
 
+COLOCATE_RUNS = [(trainer, dataset) for trainer in ("grpo", "rloo") for dataset in ("plain", "chat")]
+RUN_MARKER = "[trainer_run] run {} starts"  # what trainer_run.py writes to stderr before each of several runs
+
+
+@pytest.fixture(scope="module")
+def colocate_trainer_outcomes(vllmcompat_context, vllm_engine_host, vllm_model_dir, tmp_path_factory) -> dict:
+    """The four runs of test_trainer_colocate_trains_and_the_engine_follows in one child with one engine
+    (trainer_run.py, shared_engine.py): their trainers ask for the same engine, so it is started once and each
+    run begins on the checkpoint's weights. {(trainer, dataset): outcome}, each with its own part of the child's
+    stderr; "engines": how many engines the child built."""
+    out = tmp_path_factory.mktemp("colocate-trainers")
+    gpu = colocate_gpu(vllmcompat_context)
+    spec = {"mode": "colocate", "lane": vllmcompat_context.lane, "model": str(vllm_model_dir), "out": str(out),
+            "runs": [{"trainer": t, "dataset": d, "steps": 2, **RUN_SETTINGS.get((t, d), {})} for t, d in COLOCATE_RUNS]}
+    env = child_env({"VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
+                     **({"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {})})
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, str(SCRIPT), json.dumps(spec)], capture_output=True, text=True, env=env,
+                          timeout=TIMEOUT, cwd=out)
+    assert proc.returncode == 0, (f"the colocate trainer runs failed after {time.monotonic() - started:.0f} s "
+                                  f"(exit {proc.returncode}):\n{proc.stderr[-4000:]}" + logged_errors(proc.stdout))
+    printed = json.loads(proc.stdout.strip().splitlines()[-1])
+    parts = [proc.stderr.split(RUN_MARKER.format(i), 1)[-1].split(RUN_MARKER.format(i + 1), 1)[0]
+             for i in range(len(COLOCATE_RUNS))]
+    outcomes = {}
+    for key, outcome in zip(COLOCATE_RUNS, printed["outcomes"]):
+        # a run that got the shared engine's failure shows the output of the run whose build failed
+        outcome["stderr"] = parts[outcome.get("engine_failed_in", COLOCATE_RUNS.index(key))][-4000:]
+        outcomes[key] = outcome
+    return {"runs": outcomes, "engines": printed["engines_built"], "child_seconds": round(time.monotonic() - started, 1)}
+
+
+def logged_errors(stdout: str) -> str:
+    """vLLM logs some errors (a model module that fails to import) to stdout, not stderr: those lines."""
+    logged = "\n".join(line for line in stdout.splitlines() if "Error" in line)[-2000:]
+    return f"\n--- errors it logged to stdout ---\n{logged}" if logged else ""
+
+
 @colocate
 @pytest.mark.parametrize("dataset", ["plain", "chat"])
 @pytest.mark.parametrize("trainer", ["grpo", "rloo"])
-def test_trainer_colocate_trains_and_the_engine_follows(vllm_engine_host, vllm_model_dir, tmp_path, trainer, dataset,
-                                                        colocate_trainer_gpu):
+def test_trainer_colocate_trains_and_the_engine_follows(colocate_trainer_outcomes, trainer, dataset, vllm_measure):
     settings = RUN_SETTINGS.get((trainer, dataset), {})
-    summary = run_trainer({"trainer": trainer, "dataset": dataset, "model": str(vllm_model_dir), "steps": 2,
-                           **settings}, tmp_path, colocate_trainer_gpu)
-    check_colocate_run(summary, settings)
+    outcome = colocate_trainer_outcomes["runs"][(trainer, dataset)]
+    vllm_measure("trainer_child_seconds", colocate_trainer_outcomes["child_seconds"])
+    if "skip" in outcome:
+        pytest.skip(outcome["skip"])
+    if "error" in outcome:
+        pytest.fail(f"{trainer} ({dataset}) in colocate mode raised:\n{outcome['error'][-4000:]}\n--- its output "
+                    f"(stderr) ---\n{outcome['stderr']}", pytrace=False)
+    print(json.dumps(outcome["summary"]))
+    check_colocate_run(outcome["summary"], settings)
+    assert colocate_trainer_outcomes["engines"] == 1, "the four runs ask for one engine configuration: one engine"
 
 
 @colocate
@@ -134,9 +178,13 @@ def test_grpo_colocate_on_images_hands_vllm_each_prompt_with_its_image(vllm_engi
 
 @pytest.fixture
 def colocate_trainer_gpu(vllmcompat_context) -> str | None:
+    return colocate_gpu(vllmcompat_context)
+
+
+def colocate_gpu(context) -> str | None:
     """The GPU a colocate trainer run gets on the CUDA lane (trainer and engine share it, as in a user's run);
     None on the CPU lane."""
-    if vllmcompat_context.lane == "cpu":
+    if context.lane == "cpu":
         return None
     gpus = gh.visible_gpus()
     if not gpus:

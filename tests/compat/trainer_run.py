@@ -1,7 +1,7 @@
 """Run TRL trainers (GRPO or RLOO) with use_vllm=True for a few steps on CPU, in this fresh process.
 
-Colocate (one run per process: its engine owns torch.distributed state): check that training changed the weights
-the in-process engine generates with.
+Colocate: check that training changed the weights the in-process engine generates with. One run per process, or
+with "runs" several that ask for the same engine, sharing it (shared_engine.py).
 Server (several runs in one process: no engine lives here, each trainer only talks HTTP to the cell's
 `trl vllm-serve`): record every request the trainer sends, and the weights it pushes. On the CPU lane the NCCL
 weight transport is replaced by pytest_vllmcompat.testing.lane_substitutes (and only it); on the CUDA lane it is
@@ -9,9 +9,11 @@ real, and the server's greedy output must follow the trained weights.
 
 Usage: python trainer_run.py '{"mode": "colocate", "trainer": "grpo", "dataset": "plain"|"chat"|"images", "model": DIR,
                                ...}'   (optional: "lora", "model_impl", "sleep_mode", "fsdp": 1|2, "zero3", "bnb": QLoRA)
+       python trainer_run.py '{"mode": "colocate", "model": DIR, "out": DIR, "runs": [{"trainer": ..., "dataset": ...}, ...]}'
        python trainer_run.py '{"mode": "server", "lane": "cpu"|"cuda", "base_url": URL, "model": DIR, "out": DIR,
                                "runs": [{"trainer": ..., "dataset": ..., "tools": bool}, ...]}'
-Colocate asserts inside; server reports each run's outcome (summary or traceback). The last stdout line is JSON.
+A single colocate run asserts inside; several colocate runs, and server runs, report each run's outcome (summary,
+skip or traceback). The last stdout line is JSON.
 Used by tests/compat/test_trainers.py.
 """
 
@@ -21,6 +23,7 @@ import os
 import random
 import sys
 import time
+from pathlib import Path
 
 from pytest_vllmcompat.process.ports import rendezvous_port
 
@@ -306,16 +309,50 @@ def colocate_quantized_main(spec):
 
 
 def colocate_main(spec):
+    """One colocate run in this process; its summary, or a skip, is the last stdout line (a failed check raises)."""
+    try:
+        summary = colocate_run(spec)
+    except NotApplicable as exc:
+        summary = {"skip": str(exc)}
+    print(json.dumps(summary), flush=True)
+    os._exit(0)  # skip interpreter teardown of the in-process engine (threads, gloo) in this throwaway process
+
+
+def colocate_runs_main(spec):
+    """Several colocate runs in this one process, one engine for all (shared_engine.py: they ask for the same
+    engine; each run starts it on the checkpoint's weights). Each run's outcome: its summary, a skip, or the
+    traceback of what raised; a line "[trainer_run] run K starts" on stderr before each, so that the test can show
+    each run's own output."""
+    import gc
+    import traceback
+
+    from shared_engine import SharedEngineFailed, share_engine
+
+    shared = share_engine(Path(spec["model"]))
+    outcomes = []
+    for i, run in enumerate(spec["runs"]):
+        shared.run = i
+        print(f"[trainer_run] run {i} starts", file=sys.stderr, flush=True)
+        try:
+            outcomes.append({"summary": colocate_run({**spec, **run, "out": os.path.join(spec["out"], str(i))})})
+        except NotApplicable as exc:
+            outcomes.append({"skip": str(exc)})
+        except SharedEngineFailed as exc:
+            outcomes.append({"error": traceback.format_exc(), "engine_failed_in": exc.failed_in})
+        except Exception:
+            outcomes.append({"error": traceback.format_exc()})
+        gc.collect()  # the finished run's trainer (its model, optimizer); the engine stays
+    print(json.dumps({"outcomes": outcomes, "engines_built": shared.built, "engines_reused": shared.reused}), flush=True)
+    os._exit(0)
+
+
+def colocate_run(spec):
     t0 = time.monotonic()
     import torch
     import trl
 
     steps = int(spec.get("steps", 2))
-    try:
-        trainer, model, tokenizer = build_trainer(spec, spec, "colocate", vllm_max_model_length=512)
-    except NotApplicable as exc:
-        print(json.dumps({"skip": str(exc)}))
-        os._exit(0)
+    trainer, model, tokenizer = build_trainer(spec, spec, "colocate", vllm_max_model_length=512)
     t_built = time.monotonic()
     kind = spec["trainer"]
 
@@ -398,8 +435,7 @@ def colocate_main(spec):
     if steps >= 2:  # the sync at the start of step 2 pushed step 1's update into the engine
         assert eng_delta > 0, f"the engine's weights did not change during training: {summary}"
     assert ok_sync, f"after sync_weights() the engine does not hold the trained weights: {summary}"
-    print(json.dumps(summary), flush=True)
-    os._exit(0)  # skip interpreter teardown of the in-process engine (threads, gloo) in this throwaway process
+    return summary
 
 
 GENERATION_PATHS = ("/generate/", "/chat/", "/v1/completions", "/v1/chat/completions")  # TRL's own; 1.11+: vLLM's
@@ -534,6 +570,8 @@ def main(spec):
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(rendezvous_port())
     if spec.get("mode") == "server":
         server_main(spec)
+    elif spec.get("runs"):
+        colocate_runs_main(spec)
     else:
         (colocate_quantized_main if spec.get("bnb") else colocate_main)(spec)
 
