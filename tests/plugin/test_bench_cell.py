@@ -15,7 +15,7 @@ def test_phases_partition_the_wall_time_by_what_the_tests_do():
     ]}
     out = breakdown(result, wall=130.0)
     assert out["phases"] == {"before pytest": 30.0, "collection + rest": 35.0, "patch probes (fresh interpreters)": 11.0,
-                             "colocate trainer runs (a child each)": 30.0, "server trainer runs (one child)": 20.0,
+                             "colocate trainer runs (children)": 30.0, "server trainer runs (one child)": 20.0,
                              "other tests": 4.0}
     assert sum(out["phases"].values()) == 130.0
     assert out["startup"] == {"server": [40.0]} and out["pytest_seconds"] == 100.0
