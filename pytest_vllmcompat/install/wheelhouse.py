@@ -151,19 +151,25 @@ def fetch(plan: WheelPlan, cache: Path, workers: int = 8) -> list[dict[str, Any]
             built, source = wheel_from_sdist(name, version, sdist, cache, plan.dest)
             return {"name": name, "version": version, "filename": built.name, "sha256": pieces.sha256(built),
                     "size": built.stat().st_size, "sections": sections, "built_from": source}
-        chosen = choose(wheels, name, version, plan.dest)
-        path = cache / chosen["filename"]
-        expected = chosen.get("hashes", {}).get("sha256")
-        if not (path.is_file() and (expected is None or pieces.sha256(path) == expected)):
-            index.download(chosen["url"], path)
-        digest = pieces.sha256(path)
-        if expected and digest != expected:
-            raise WheelhouseError(f"{chosen['filename']}: downloaded sha256 {digest} is not the index's {expected}")
+        path, digest = cached_download(choose(wheels, name, version, plan.dest), cache)
         return {"name": name, "version": version, "filename": path.name, "sha256": digest,
                 "size": path.stat().st_size, "sections": sections}
 
     with ThreadPoolExecutor(workers) as pool:
         return sorted(pool.map(one, plan.wanted().items()), key=lambda e: e["filename"])
+
+
+def cached_download(entry: dict[str, Any], cache: Path) -> tuple[Path, str]:
+    """(the file, its sha256) of an index file entry: taken from `cache` if its sha256 is the index's, else
+    downloaded there; a download whose sha256 is not the index's is refused."""
+    path = cache / entry["filename"]
+    expected = entry.get("hashes", {}).get("sha256")
+    if not (path.is_file() and (expected is None or pieces.sha256(path) == expected)):
+        index.download(entry["url"], path)
+    digest = pieces.sha256(path)
+    if expected and digest != expected:
+        raise WheelhouseError(f"{path.name}: downloaded sha256 {digest} is not the index's {expected}")
+    return path, digest
 
 
 def wheel_from_sdist(name: str, version: str, sdist: dict[str, Any], cache: Path,
@@ -172,13 +178,7 @@ def wheel_from_sdist(name: str, version: str, sdist: dict[str, Any], cache: Path
     `uv build --wheel` (what uv would do at install, which the destination cannot: no index for the build backend),
     kept only if it fits the destination. A pure-Python wheel does (DeepSpeed builds one: its CUDA ops are compiled
     at run time); a wheel with parts compiled here is refused."""
-    source = cache / sdist["filename"]
-    expected = sdist.get("hashes", {}).get("sha256")
-    if not (source.is_file() and (expected is None or pieces.sha256(source) == expected)):
-        index.download(sdist["url"], source)
-    digest = pieces.sha256(source)
-    if expected and digest != expected:
-        raise WheelhouseError(f"{source.name}: downloaded sha256 {digest} is not the index's {expected}")
+    source, digest = cached_download(sdist, cache)
     out = cache / "built" / f"{source.name}-{digest[:12]}"
     if not list(out.glob("*.whl")):
         done = subprocess.run([*resolve.uv_command(), "build", "--wheel", "--out-dir", str(out), str(source)],
