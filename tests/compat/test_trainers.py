@@ -4,9 +4,9 @@ model, plain and conversational prompts (GRPO also with tools), in both vLLM mod
 Colocate: runs happen in child interpreters (trainer_run.py next to this file, run with this cell's python): a
 colocate engine lives in its process with torch.distributed state, and the session's `colocate_generator` may
 already hold one in this pytest process. The four GRPO/RLOO x plain/chat runs share one child and one engine
-(their trainers ask for the same one; shared_engine.py resets it to the checkpoint's weights between runs); a run
-whose engine differs (another model implementation, the LLaVA, sleep mode, FSDP, ZeRO-3, QLoRA) has a child of its
-own. Checked inside trainer_run.py: the engine starts on the checkpoint's
+(their trainers ask for the same one; pytest_vllmcompat/testing/shared_engine.py resets it to the checkpoint's
+weights between runs); a run whose engine differs (another model implementation, the LLaVA, sleep mode, FSDP,
+ZeRO-3, QLoRA) has a child of its own. Checked inside trainer_run.py: the engine starts on the checkpoint's
 weights; training changes the HF weights; the engine's weights change during training (TRL syncs before each
 step's generation); after a final sync_weights() the engine holds exactly the trained weights (bf16 rounding)
 and its greedy output changed.
@@ -89,9 +89,9 @@ RUN_MARKER = "[trainer_run] run {} starts"  # what trainer_run.py writes to stde
 @pytest.fixture(scope="module")
 def colocate_trainer_outcomes(vllmcompat_context, vllm_engine_host, vllm_model_dir, tmp_path_factory) -> dict:
     """The four runs of test_trainer_colocate_trains_and_the_engine_follows in one child with one engine
-    (trainer_run.py, shared_engine.py): their trainers ask for the same engine, so it is started once and each
-    run begins on the checkpoint's weights. {(trainer, dataset): outcome}, each with its own part of the child's
-    stderr; "engines": how many engines the child built."""
+    (trainer_run.py, pytest_vllmcompat/testing/shared_engine.py): their trainers ask for the same engine, so it is
+    started once and each run begins on the checkpoint's weights. {"runs": {(trainer, dataset): outcome, each with
+    its own part of the child's stderr}, "engines": how many engines the child built, "child_seconds"}."""
     out = tmp_path_factory.mktemp("colocate-trainers")
     gpu = colocate_gpu(vllmcompat_context)
     spec = {"mode": "colocate", "lane": vllmcompat_context.lane, "model": str(vllm_model_dir), "out": str(out),

@@ -1,7 +1,7 @@
 """Run TRL trainers (GRPO or RLOO) with use_vllm=True for a few steps on CPU, in this fresh process.
 
 Colocate: check that training changed the weights the in-process engine generates with. One run per process, or
-with "runs" several that ask for the same engine, sharing it (shared_engine.py).
+with "runs" several that ask for the same engine, sharing it (pytest_vllmcompat/testing/shared_engine.py).
 Server (several runs in one process: no engine lives here, each trainer only talks HTTP to the cell's
 `trl vllm-serve`): record every request the trainer sends, and the weights it pushes. On the CPU lane the NCCL
 weight transport is replaced by pytest_vllmcompat.testing.lane_substitutes (and only it); on the CUDA lane it is
@@ -319,14 +319,14 @@ def colocate_main(spec):
 
 
 def colocate_runs_main(spec):
-    """Several colocate runs in this one process, one engine for all (shared_engine.py: they ask for the same
-    engine; each run starts it on the checkpoint's weights). Each run's outcome: its summary, a skip, or the
-    traceback of what raised; a line "[trainer_run] run K starts" on stderr before each, so that the test can show
-    each run's own output."""
+    """Several colocate runs in this one process, one engine for all (pytest_vllmcompat/testing/shared_engine.py:
+    they ask for the same engine; each run starts it on the checkpoint's weights). Each run's outcome: its summary,
+    a skip, or the traceback of what raised; a line "[trainer_run] run K starts" on stderr before each, so that
+    the test can show each run's own output."""
     import gc
     import traceback
 
-    from shared_engine import SharedEngineFailed, share_engine
+    from pytest_vllmcompat.testing.shared_engine import SharedEngineFailed, share_engine
 
     shared = share_engine(Path(spec["model"]))
     outcomes = []
