@@ -483,19 +483,6 @@ def param_digests(model):
     return {name: tensor_digest(param.data) for name, param in model.named_parameters()}
 
 
-def no_retry_waits(client):
-    """TRL's VLLMClient retries an answer 500/502/503 three times with exponential backoff (backoff_factor 2: about
-    12 s per failing request; urllib3's Retry). Against the cell's own idle server a 500 is never transient: it is
-    the release's answer to that request (e.g. TRL 0.29.x RLOO's `logprobs: null`, a known failure). So the
-    retries stay (the same requests reach the server, the same RetryError ends the run) and only the waits between
-    them go (issue #15: wait for the evidence, not for a timer). Nothing the client sends changes."""
-    session = getattr(client, "session", None)  # every release checked (0.28.0-1.16.0) has one
-    for adapter in (session.adapters.values() if session is not None else ()):
-        retries = getattr(adapter, "max_retries", None)
-        if retries is not None and retries.backoff_factor:
-            adapter.max_retries = retries.new(backoff_factor=0)
-
-
 def server_run(spec, run, sent, transport):
     """One trainer against the server; returns its summary (the caller catches what it raises)."""
     t0, first_request = time.monotonic(), len(sent)
@@ -510,7 +497,6 @@ def server_run(spec, run, sent, transport):
     else:
         address = dict(vllm_server_base_url=spec["base_url"])
     trainer, model, tokenizer = build_trainer(spec, run, "server", vllm_server_timeout=60, **address)
-    no_retry_waits(trainer.vllm_generation.vllm_client)
     greedy_before = server_greedy(trainer) if not transport else None
     hf_before = param_digests(trainer.model)
     result = trainer.train()
