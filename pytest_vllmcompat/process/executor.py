@@ -72,6 +72,9 @@ def wait_until(done: Callable[[], object], timeout: float, interval: float = 0.0
     return True
 
 
+DEAD_GRACE = 1.0  # s between SIGTERM and SIGKILL for a server known to have died while serving
+
+
 def stop_group(proc: subprocess.Popen, grace: float = 10.0) -> None:
     """SIGTERM the process group `proc` leads, SIGKILL it after `grace` seconds, and wait for every member
     (a grandchild may outlive the leader). The one process-group stop of the harness."""
@@ -114,6 +117,9 @@ class ServerProcess:
         self._log: IO[bytes] | None = None
         self._started_at = 0.0
         self._stopped = False
+        # Set when a request saw the server die (testing/http.py): its stop then skips the SIGTERM grace. A server
+        # whose worker died still holds the hung request, and uvicorn's graceful shutdown waits for it until SIGKILL.
+        self.died = False
 
     def __repr__(self) -> str:
         return f"<ServerProcess {self.name!r} port={self.port} pid={self.pid}>"
@@ -215,12 +221,13 @@ class ServerProcess:
                                   fatal=None if fatal is None else redact(fatal, self.env))
 
     def stop(self, grace: float = 10.0) -> None:
-        """Stop the whole process group (stop_group), then the watchdog. Idempotent."""
+        """Stop the whole process group (stop_group), then the watchdog. Idempotent. A server that died while
+        serving gets DEAD_GRACE instead of `grace`: nothing in it can finish cleanly."""
         if self.proc is None or self._stopped:
             return
         self._stopped = True
         try:
-            stop_group(self.proc, grace)
+            stop_group(self.proc, min(grace, DEAD_GRACE) if self.died else grace)
         finally:
             if self._log:
                 self._log.close()

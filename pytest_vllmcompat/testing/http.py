@@ -47,6 +47,7 @@ class Server(Protocol):
     base_url: str
     log_path: Path
     name: str
+    died: bool  # set here when a request saw it die (its stop then skips the graceful wait)
 
     @property
     def pid(self) -> int | None: ...
@@ -153,6 +154,7 @@ def call_watching(server: Server, call: Callable[[], T], what: str, *, poll: flo
         if how or _DEATH.search(log):
             log = _evidence(server, start, worker)
             errors = [line.strip() for line in _EXCEPTION_LINE.findall(log)]
+            server.died = True
             raise ServerDied(f"{server.name} died while serving {what} (no answer came){how}: "
                              f"{' | '.join(dict.fromkeys(errors)) or 'see its log'}\n--- its log since the request "
                              f"---\n{log[-4000:]}")

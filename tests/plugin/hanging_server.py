@@ -31,6 +31,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 
 if __name__ == "__main__":
+    if "--ignore-term" in sys.argv:  # like uvicorn's graceful shutdown, which waits for the hung request
+        import signal
+
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     ctx = mp.get_context("spawn")
     PARENT, child = ctx.Pipe()
     ctx.Process(target=worker, args=(child,)).start()

@@ -379,3 +379,26 @@ def test_post_watching_fails_on_the_evidence_of_a_worker_stuck_exiting(tmp_path)
     assert took < 20
     assert "hanging-server died while serving POST /generate/ (no answer came) (its worker pid" in str(info.value)
     assert "ValueError: The decoder prompt (length 600) is longer than the maximum model length of 512." in str(info.value)
+
+
+def test_a_server_that_died_while_serving_is_stopped_without_the_grace(tmp_path):
+    """After post_watching saw it die, the server is marked `died`, and its stop sends SIGKILL after DEAD_GRACE, not
+    after the 10 s grace: here its main process ignores SIGTERM, as trl vllm-serve's uvicorn waits for the hung
+    request in its graceful shutdown."""
+    from pytest_vllmcompat.process.executor import DEAD_GRACE
+    from pytest_vllmcompat.testing.http import ServerDied, post_watching
+
+    port = free_port()
+    server = ServerProcess("hanging-server", [sys.executable, str(Path(__file__).with_name("hanging_server.py")),
+                                              str(port), "--ignore-term"], port=port,
+                           health_url=f"http://127.0.0.1:{port}/health", log_path=tmp_path / "server.log",
+                           startup_timeout=30)
+    with server:
+        assert server.died is False
+        with pytest.raises(ServerDied):
+            post_watching(server, "/generate/", timeout=120, json={})
+        assert server.died is True
+        started = time.monotonic()
+    took = time.monotonic() - started
+    assert took < DEAD_GRACE + 3, f"stopping the dead server took {took:.1f} s"
+    assert server.proc is not None and server.proc.returncode == -signal.SIGKILL
