@@ -21,8 +21,8 @@ TRL_SETTINGS = ["--weight-transfer-config", '{"backend": "nccl"}', "--logprobs-m
                 "--max-logprobs", "-1"]
 
 
-@pytest.fixture(scope="session", autouse=True)  # session: set up before the session server, so a release this
-def wrapper(vllm_backend):  # does not apply to skips without (re)starting one (its breaking test runs last: 13 s)
+@pytest.fixture(autouse=True)
+def wrapper(vllm_backend):
     if not vllm_backend.server_is_vllm_serve:
         pytest.skip(f"not applicable: TRL {vllm_backend.version}'s `trl vllm-serve` serves TRL's own endpoints "
                     "(tests/compat/test_server_endpoints.py), not stock `vllm serve`")
