@@ -144,6 +144,8 @@ def print_table(run: dict, n: int) -> None:
         print(f"  whole cell: exit {cell['rc']}, {cell['counts']}, start-ups {cell['startup']}")
         for phase, seconds in sorted(cell["phases"].items(), key=lambda kv: -kv[1]):
             print(f"    {phase:50} {seconds:>7.1f} s  {100 * seconds / cell['wall']:>4.0f}%")
+        for work, seconds in cell.get("background", {}).items():
+            print(f"    beside the tests, not added: {work} {seconds:.1f} s")
     if "env" in run:
         for k, e in run["env"].items():
             print(f"  nox {k}: exit {e['rc']}, installed={e['installed']}, identity step: {e['identity']}")

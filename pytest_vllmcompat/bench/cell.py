@@ -7,6 +7,8 @@ test that first needs an engine carries that engine's start-up) and are grouped 
   one group per PHASES entry, then "other tests".
 The session engine and server start-ups are listed separately (from the results' `startup`): they are inside the
 durations of the tests that first needed them (the server's early start overlaps the tests before), not added.
+So is the server trainer child's own wall time (`background`, from its tests' `trainer_child_seconds`): it runs
+beside the engine tests, and only what its tests still wait for after them is in their phase.
 """
 
 from __future__ import annotations
@@ -23,11 +25,13 @@ from .measure import run_timed
 PHASES = (
     ("patch probes (fresh interpreters)", r"tests/compat/test_patch(es|_tripwires)\.py::"),
     ("colocate trainer runs (children)", r"tests/compat/test_trainers\.py::test_\w*colocate"),
-    ("server trainer runs (one child)", r"tests/compat/test_trainers\.py::"),
+    ("server trainer runs (waiting on their child)", r"tests/compat/test_trainers\.py::"),
     ("float32 server + structured outputs", r"tests/compat/test_structured_outputs\.py::"),
     ("session server's breaking tests (last)", r"::test_over_long_prompt_is_(an_error|400)"),
     ("GPU tests", r"tests/compat/test_gpu\.py::"),
 )
+
+SERVER_CHILD_PHASE = PHASES[2][0]
 
 
 def whole_cell(session: str, workdir: Path, caches: dict[str, str]) -> dict:
@@ -54,7 +58,10 @@ def breakdown(result: dict, wall: float) -> dict:
         phases[phase_of(t["nodeid"])] += t["duration"]
     in_tests = sum(t["duration"] for t in tests)
     out = {"before pytest": wall - result["duration"], "collection + rest": result["duration"] - in_tests, **phases}
+    background = [t["measured"]["trainer_child_seconds"] for t in tests if phase_of(t["nodeid"]) == SERVER_CHILD_PHASE
+                  and "trainer_child_seconds" in (t.get("measured") or {})]
     return {"phases": {k: round(v, 1) for k, v in out.items() if v or k in ("before pytest", "collection + rest")},
+            "background": {"server trainer child": max(background)} if background else {},
             "startup": result.get("startup", {}), "counts": result.get("counts", {}),
             "pytest_seconds": result["duration"]}
 

@@ -27,6 +27,7 @@ from .context import build as build_context
 from .fixtures import (  # noqa: F401  (fixtures are registered by being in this module)
     colocate_generator,
     server_client,
+    start_background_beside_the_engine_tests,
     vllm_backend,
     vllm_engine_host,
     vllm_generator,
@@ -47,6 +48,8 @@ MARKERS = (
     "engine: needs a vLLM engine (added to tests that use vllm_engine_host)",
     "backend: imports the backend's vLLM modules (added to tests that use vllm_backend)",
     f"{selection.BREAKS_SERVER_MARKER}: may leave the session server unusable; runs after every other test",
+    f"{selection.BACKGROUND_MARKER}(fixture): waits on background work the session fixture `fixture` starts at the "
+    "first engine test; runs after the engine tests",
 )
 XDIST_WORKER_ENV = host.XDIST_WORKER_ENV
 
@@ -126,6 +129,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if drop:
         config.hook.pytest_deselected(items=drop)
     items[:] = selection.run_order(keep, run.context.lane)
+    if not os.environ.get(XDIST_WORKER_ENV):  # a worker may not run the tests that wait: they start it themselves
+        run.background = selection.background_to_start(items[:])
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

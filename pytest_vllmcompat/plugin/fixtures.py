@@ -9,6 +9,8 @@
   vllm_server           the session's `trl vllm-serve` on a free port, ready on /health/
   server_client         the backend's VLLMClient connected to it
   vllm_generator        mode-agnostic: the colocate engine or the server client, per `vllm_mode`
+  (autouse)             at the first engine test, starts the background work that tests marked
+                        `vllm_background("fixture")` wait on (the named session fixtures), to run beside the engine tests
 
 Override one by defining a fixture of the same name in your conftest.py.
 """
@@ -25,11 +27,11 @@ import pytest
 
 from ..backend import settings as engine
 from ..process.executor import ServerProcess
-from . import recorded, state
+from . import recorded, selection, state
 from .context import Context
 from .servers import ServerFactory, model_dir
 
-__all__ = ["colocate_generator", "server_client", "vllm_backend", "vllm_engine_host", "vllm_generator",
+__all__ = ["colocate_generator", "server_client", "start_background_beside_the_engine_tests", "vllm_backend", "vllm_engine_host", "vllm_generator",
            "vllm_model_dir", "vllm_server", "vllm_server_factory", "vllmcompat_context"]
 
 
@@ -108,3 +110,25 @@ def vllm_lane_substitute(request: pytest.FixtureRequest) -> Any:
 def vllm_measure(request: pytest.FixtureRequest) -> Any:
     """measure(name, value): a number this test's tolerance is derived from; kept in the results."""
     return recorded.measurer(request.node)
+
+
+@pytest.fixture(autouse=True)
+def start_background_beside_the_engine_tests(request: pytest.FixtureRequest) -> None:
+    """At the first test of the engine-test group (selection.run_order): request the session fixtures named by the
+    selected tests' `vllm_background` markers, which start their work without waiting for it, so that it runs
+    beside the engine tests. Such a fixture's error is not this test's: pytest keeps it and raises it again in
+    the tests that wait on that fixture. A name no fixture visible here has is the suite's bug, raised here
+    (the fixture must be visible to every module: a conftest.py or a plugin)."""
+    if not state.has_state(request.config):
+        return
+    run = state.of(request.config)
+    if not run.background or selection.group(request.node, run.context.lane) != selection.ENGINE_TESTS:
+        return
+    names, run.background = run.background, []
+    for name in names:
+        try:
+            request.getfixturevalue(name)
+        except pytest.FixtureLookupError:
+            raise
+        except (Exception, pytest.skip.Exception, pytest.fail.Exception):
+            pass

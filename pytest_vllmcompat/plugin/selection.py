@@ -72,6 +72,21 @@ def select(ctx: Context, items: list[pytest.Item]) -> tuple[list[pytest.Item], l
 
 
 BREAKS_SERVER_MARKER = "breaks_session_server"
+BACKGROUND_MARKER = "vllm_background"  # vllm_background("fixture"): the test waits on work that fixture started
+
+# The groups of run_order, in the order they run.
+NO_ENGINE, SERVER_USERS, ENGINE_TESTS, AFTER_BACKGROUND, SERVER_BREAKERS = range(5)
+
+
+def group(item: pytest.Item, lane: str) -> int:
+    """The run_order group of a kept test."""
+    if item.get_closest_marker(BREAKS_SERVER_MARKER) is not None:
+        return SERVER_BREAKERS
+    if background_fixture(item) is not None:
+        return AFTER_BACKGROUND
+    if needs_server(item, lane):
+        return SERVER_USERS
+    return ENGINE_TESTS if "engine" in markers(item) else NO_ENGINE
 
 
 def run_order(items: list[pytest.Item], lane: str) -> list[pytest.Item]:
@@ -79,18 +94,26 @@ def run_order(items: list[pytest.Item], lane: str) -> list[pytest.Item]:
       0. tests that start no engine (imports, identity, the patch probes' fresh interpreters): the session
          server's start-up, begun at collection end (servers.py), runs beside them;
       1. the session server's users (the first one waits for what is left of its start-up);
-      2. every other engine test (the colocate engine, trainer runs, servers of their own);
-      3. tests marked `breaks_session_server`: they may leave it unusable, so they are its last users.
+      2. every other engine test (the colocate engine, trainer runs, servers of their own); the background work
+         of group 3 (marker `vllm_background`) is started at the first of them and runs beside them;
+      3. tests marked `vllm_background("fixture")`: they wait on that session fixture's background work;
+      4. tests marked `breaks_session_server`: they may leave it unusable, so they are its last users.
     Why engines do not overlap the server's start-up: on a small CPU runner two engines starting at once bind
     their OpenMP threads to the same cores and slow each other far more than running one after the other
-    (measured on 2 cores: the colocate engine's start went from 19 s to 104 s beside the server's)."""
-    def rank(item: pytest.Item) -> int:
-        if item.get_closest_marker(BREAKS_SERVER_MARKER) is not None:
-            return 3
-        if needs_server(item, lane):
-            return 1
-        return 2 if "engine" in markers(item) else 0
-    return sorted(items, key=rank)
+    (measured on 2 cores: the colocate engine's start went from 19 s to 104 s beside the server's). Background
+    work is only what mostly waits (see pytest_vllmcompat/process/background.py)."""
+    return sorted(items, key=lambda item: group(item, lane))
+
+
+def background_fixture(item: pytest.Item) -> str | None:
+    """The session fixture whose background work the test waits on (its `vllm_background` marker), else None."""
+    marker = item.get_closest_marker(BACKGROUND_MARKER)
+    return None if marker is None else str(marker.args[0])
+
+
+def background_to_start(items: list[pytest.Item]) -> list[str]:
+    """The fixtures the kept tests' `vllm_background` markers name, once each, in run order."""
+    return list(dict.fromkeys(name for item in items if (name := background_fixture(item)) is not None))
 
 
 def needs_server(item: pytest.Item, lane: str) -> bool:

@@ -20,6 +20,7 @@ class RunState:
     startups: list[tuple[str, float]] = field(default_factory=list)  # recorded here, not yet reported
     current_test: str | None = None  # node id of the test running now (servers remember where they started)
     started_in: dict[int, str | None] = field(default_factory=dict)  # id(server) -> test it was started in
+    background: list[str] = field(default_factory=list)  # fixtures of background work not yet started
 
     def register(self, server: ServerProcess) -> None:
         self.servers.append(server)

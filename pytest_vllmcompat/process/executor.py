@@ -72,6 +72,25 @@ def wait_until(done: Callable[[], object], timeout: float, interval: float = 0.0
     return True
 
 
+def start_watchdog(pgid: int) -> subprocess.Popen:
+    """The watchdog of the process group `pgid` (WATCHDOG): it stops the group once this process closes the pipe
+    or dies."""
+    return subprocess.Popen([sys.executable, "-c", WATCHDOG, str(pgid)], stdin=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            env={"PATH": os.environ.get("PATH", "")})
+
+
+def release_watchdog(watchdog: subprocess.Popen) -> None:
+    """Let a watchdog exit without acting (call once its group is gone): EOF on its pipe, then reap it."""
+    if watchdog.stdin is not None:
+        watchdog.stdin.close()
+    try:
+        watchdog.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        watchdog.kill()
+        watchdog.wait()
+
+
 DEAD_GRACE = 1.0  # s between SIGTERM and SIGKILL for a server known to have died while serving
 
 
@@ -151,9 +170,7 @@ class ServerProcess:
         except BaseException:  # e.g. executable not found
             self._log.close()
             raise
-        self.watchdog = subprocess.Popen([sys.executable, "-c", WATCHDOG, str(self.proc.pid)], stdin=subprocess.PIPE,
-                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                         start_new_session=True, env={"PATH": os.environ.get("PATH", "")})
+        self.watchdog = start_watchdog(self.proc.pid)
 
     def wait_ready(self) -> None:
         """Poll the health URL until 2xx; fail at once on exit or a fatal log line, else at the timeout.
@@ -232,13 +249,7 @@ class ServerProcess:
             if self._log:
                 self._log.close()
             if self.watchdog is not None:  # the group is gone: EOF lets the watchdog exit without acting
-                if self.watchdog.stdin is not None:
-                    self.watchdog.stdin.close()
-                try:
-                    self.watchdog.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    self.watchdog.kill()
-                    self.watchdog.wait()
+                release_watchdog(self.watchdog)
 
     def log_tail(self, n: int = 100) -> str:
         try:

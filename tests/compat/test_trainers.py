@@ -30,17 +30,17 @@ from pathlib import Path
 import gpu_helpers as gh
 import pytest
 import trainer_run
+from trainer_children import SCRIPT, STEPS, TIMEOUT, transformers_5
 
 from pytest_vllmcompat.install import engine_route
 from pytest_vllmcompat.process.childenv import child_env
 from pytest_vllmcompat.testing.lane_substitutes import SERVER_WEIGHT_SYNC
 
-SCRIPT = Path(__file__).with_name("trainer_run.py")
-TIMEOUT = 900  # engine start ~40-60 s on 2 busy cores, training 2 steps < 5 s
-
 pytestmark = pytest.mark.backend  # the trainers import the backend's vLLM modules
 colocate = pytest.mark.vllm_mode("colocate")
 server = pytest.mark.vllm_mode("server")
+# The server runs' tests wait on their child, which runs beside the engine tests (server_trainer_child).
+server_child = pytest.mark.vllm_background("server_trainer_child")
 
 
 def run_trainer(spec: dict, tmp_path, gpu: str | None = None) -> dict:
@@ -301,65 +301,6 @@ def test_trl_parses_a_tool_call_on_this_transformers(vllm_model_dir, attribute):
                                       f"transformers' parse_response(ids, prefix='') gives {direct!r}")
 
 
-# grpo-plain names the server by vllm_server_host + vllm_server_port, the others by vllm_server_base_url; it also
-# evaluates once with num_generations_eval=2 (test_grpo_server_evaluation_uses_num_generations_eval).
-SERVER_RUNS = {"grpo-plain": {"trainer": "grpo", "dataset": "plain", "address": "host-port", "eval": True},
-               "grpo-chat": {"trainer": "grpo", "dataset": "chat"},
-               "rloo-plain": {"trainer": "rloo", "dataset": "plain"},
-               "rloo-chat": {"trainer": "rloo", "dataset": "chat"},
-               "grpo-tools": {"trainer": "grpo", "dataset": "chat", "tools": True},
-               "grpo-chat-kwargs": {"trainer": "grpo", "dataset": "chat", "chat_template_kwargs": {"greeting": "Hi"}},
-               "grpo-rollout-func": {"trainer": "grpo", "dataset": "plain", "rollout": True},
-               "grpo-tool-call-history": {"trainer": "grpo", "dataset": "chat-tool-calls"}}
-STEPS = 2
-
-
-@pytest.fixture(scope="module")
-def trainer_server(request, vllmcompat_context, vllm_server, vllm_server_factory, tmp_path_factory):
-    """(server, gpu of the trainer): the cell's session server on the CPU lane (the replaced transport changes
-    nothing on it); on the CUDA lane a server of its own on the last GPU, the trainer on the first."""
-    if vllmcompat_context.lane == "cpu":
-        yield vllm_server, None
-        return
-    gpus = gh.visible_gpus()
-    if len(gpus) < 2:
-        pytest.skip(f"cuda lane: a server-mode trainer needs 2 GPUs (NCCL refuses trainer and server on one "
-                    f"device); this host has {len(gpus)}")
-    with gh.serve(vllm_server_factory, tmp_path_factory.mktemp("trainer-server"), gpus=[gpus[-1]]) as server:
-        yield server, gpus[0]
-
-
-@pytest.fixture(scope="module")
-def server_trainer_outcomes(vllmcompat_context, trainer_server, vllm_model_dir, tmp_path_factory) -> dict:
-    """Every server run of this module in one child process; {run name: outcome} (summary, skip or error)."""
-    server, trainer_gpu = trainer_server
-    wanted = dict(SERVER_RUNS)
-    if not transformers_5():
-        wanted.pop("grpo-tools")  # its test skips (TRL refuses tools below transformers 5)
-    out = tmp_path_factory.mktemp("server-trainers")
-    spec = {"mode": "server", "lane": vllmcompat_context.lane, "base_url": server.base_url,
-            "server_log": str(server.log_path),
-            "model": str(vllm_model_dir), "out": str(out), "runs": [{**r, "steps": STEPS} for r in wanted.values()]}
-    env = child_env({"CUDA_VISIBLE_DEVICES": trainer_gpu} if trainer_gpu is not None else {})
-    started = time.monotonic()
-    proc = subprocess.run([sys.executable, str(SCRIPT), json.dumps(spec)], capture_output=True, text=True, env=env,
-                          timeout=TIMEOUT, cwd=out)
-    assert proc.returncode == 0, (f"the server-mode trainer runs failed after {time.monotonic() - started:.0f} s "
-                                  f"(exit {proc.returncode}) against {server.base_url}:\n{proc.stderr[-4000:]}")
-    printed = json.loads(proc.stdout.strip().splitlines()[-1])
-    child_seconds = round(time.monotonic() - started, 1)  # imports (trl, vllm, torch) + every run
-    return {name: {**outcome, "child_seconds": child_seconds, "libc": printed["libc"]}
-            for name, outcome in zip(wanted, printed["outcomes"])}
-
-
-def transformers_5() -> bool:
-    from importlib.metadata import version
-
-    from packaging.version import Version
-
-    return Version(version("transformers")) >= Version("5")
-
-
 @pytest.fixture
 def server_run_summary(server_trainer_outcomes, vllmcompat_context, vllm_lane_substitute, vllm_measure):
     """summary(name, measure=False): that server run's summary (skips or fails as the run did); on the CPU lane the
@@ -437,6 +378,7 @@ def check_server_run(summary: dict, backend, lane: str, chat: bool) -> None:
 @server
 @pytest.mark.parametrize("dataset", ["plain", "chat"])
 @pytest.mark.parametrize("trainer", ["grpo", "rloo"])
+@server_child
 def test_trainer_server_sends_its_settings_and_pushes_trained_weights(server_run_summary, vllm_backend,
                                                                       vllmcompat_context, trainer, dataset):
     summary = server_run_summary(f"{trainer}-{dataset}", measure=True)
@@ -444,6 +386,7 @@ def test_trainer_server_sends_its_settings_and_pushes_trained_weights(server_run
 
 
 @server
+@server_child
 def test_grpo_with_tools_server(server_run_summary, vllm_backend, vllmcompat_context):
     """GRPOTrainer(tools=[get_time]) in server mode (the tiny model never emits a tool call, so this is the
     tool-enabled generation path; TRL's tool loop refuses server mode only once a call appears)."""
@@ -453,6 +396,7 @@ def test_grpo_with_tools_server(server_run_summary, vllm_backend, vllmcompat_con
 
 
 @server
+@server_child
 def test_the_trainer_child_runs_on_the_cells_runtime(server_trainer_outcomes):
     """The server-mode trainer child (sys.executable, torch and trl imported) maps the cell's C library: the newer
     runtime's where the cell entered one (tests/compat/test_engine_runtime.py checks the other processes)."""
@@ -460,6 +404,7 @@ def test_the_trainer_child_runs_on_the_cells_runtime(server_trainer_outcomes):
     assert {str(Path(p).resolve()) for p in seen} == {str(engine_route.cell_libc())}
 
 
+@server_child
 def test_grpo_server_evaluation_uses_num_generations_eval(server_run_summary):
     """`num_generations_eval` replaces num_generations in eval mode: trainer.evaluate() after training sends the
     eval prompt once with n=2 (GRPOTrainer._generate_single_turn), at the trainer's temperature and length."""
@@ -472,6 +417,7 @@ def test_grpo_server_evaluation_uses_num_generations_eval(server_run_summary):
 
 
 @server
+@server_child
 def test_grpo_server_chat_template_kwargs_reach_the_template(server_run_summary, vllm_backend, vllm_model_dir,
                                                              vllmcompat_context):
     """`chat_template_kwargs={"greeting": "Hi"}` with a trainer-side template that prints `greeting`:
@@ -491,6 +437,7 @@ def test_grpo_server_chat_template_kwargs_reach_the_template(server_run_summary,
 
 
 @server
+@server_child
 def test_grpo_server_rollout_func_replaces_the_trainers_generation(server_run_summary):
     """`GRPOTrainer(rollout_func=f)`: TRL calls f(prompts, trainer) instead of generating (0.28.0/0.29.0 through
     VLLMGeneration with every gathered prompt, duplicates included; 0.29.1 from the trainer with the process's
@@ -508,6 +455,7 @@ def test_grpo_server_rollout_func_replaces_the_trainers_generation(server_run_su
 
 
 @server
+@server_child
 def test_grpo_server_tool_call_history_reaches_the_template(server_run_summary, vllm_backend, vllm_model_dir):
     """Conversational prompts whose history holds an assistant tool call with dict arguments (what a datasets
     column holds) and the tool's answer: the prompt the server generated from must be the chat template applied to
