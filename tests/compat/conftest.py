@@ -1,10 +1,15 @@
 """Fixtures shared by the compatibility suite: the transformers reference on the engines' weights, the tiny VLM,
-the server-mode trainer runs' background child (trainer_children.py)."""
+the trainer runs that run in the background (trainer_children.py)."""
 
 import importlib.util
 
 import pytest
-from trainer_children import server_trainer_child, server_trainer_outcomes, trainer_server  # noqa: F401  (fixtures)
+from trainer_children import (  # noqa: F401  (fixtures)
+    server_trainer_child,
+    server_trainer_outcomes,
+    trainer_server,
+    transformers_impl_run,
+)
 
 from pytest_vllmcompat.testing import reference
 from pytest_vllmcompat.testing.reference import MAX_TOKENS, PROMPTS

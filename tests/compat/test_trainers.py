@@ -21,7 +21,6 @@ follow the training.
 """
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -29,11 +28,20 @@ from pathlib import Path
 
 import gpu_helpers as gh
 import pytest
+import trainer_children
 import trainer_run
-from trainer_children import SCRIPT, STEPS, TIMEOUT, transformers_5
+from trainer_children import (
+    SCRIPT,
+    STEPS,
+    TIMEOUT,
+    TrainerRun,
+    colocate_gpu,
+    logged_errors,
+    trainer_env,
+    transformers_5,
+)
 
 from pytest_vllmcompat.install import engine_route
-from pytest_vllmcompat.process.childenv import child_env
 from pytest_vllmcompat.testing.lane_substitutes import SERVER_WEIGHT_SYNC
 
 pytestmark = pytest.mark.backend  # the trainers import the backend's vLLM modules
@@ -44,21 +52,8 @@ server_child = pytest.mark.vllm_background("server_trainer_child")
 
 
 def run_trainer(spec: dict, tmp_path, gpu: str | None = None) -> dict:
-    """One colocate run in a fresh interpreter; `gpu`: the CUDA device it gets (the CUDA lane), else CPU."""
-    spec = {**spec, "out": str(tmp_path / "out"), "lane": "cuda" if gpu is not None else "cpu"}
-    env = child_env({"VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
-                     **({"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {})})
-    started = time.monotonic()
-    proc = subprocess.run([sys.executable, str(SCRIPT), json.dumps(spec)], capture_output=True, text=True, env=env,
-                          timeout=TIMEOUT, cwd=tmp_path)
-    elapsed = time.monotonic() - started
-    assert proc.returncode == 0, (f"{spec['trainer']} ({spec['dataset']}) failed after {elapsed:.0f} s "
-                                  f"(exit {proc.returncode}):\n{proc.stderr[-4000:]}" + logged_errors(proc.stdout))
-    summary = json.loads(proc.stdout.strip().splitlines()[-1])
-    if "skip" in summary:
-        pytest.skip(summary["skip"])
-    print(json.dumps({**summary, "wall_seconds": round(elapsed, 1)}))
-    return summary
+    """One colocate run in a fresh interpreter, waited for; `gpu`: the CUDA device it gets (the CUDA lane)."""
+    return TrainerRun(spec, tmp_path, gpu).start().summary()
 
 
 # A setting that reaches vLLM rides on one of the four runs (the engine it starts anyway) where its failure cannot
@@ -96,11 +91,9 @@ def colocate_trainer_outcomes(vllmcompat_context, vllm_engine_host, vllm_model_d
     gpu = colocate_gpu(vllmcompat_context)
     spec = {"mode": "colocate", "lane": vllmcompat_context.lane, "model": str(vllm_model_dir), "out": str(out),
             "runs": [{"trainer": t, "dataset": d, "steps": 2, **RUN_SETTINGS.get((t, d), {})} for t, d in COLOCATE_RUNS]}
-    env = child_env({"VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
-                     **({"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {})})
     started = time.monotonic()
-    proc = subprocess.run([sys.executable, str(SCRIPT), json.dumps(spec)], capture_output=True, text=True, env=env,
-                          timeout=TIMEOUT, cwd=out)
+    proc = subprocess.run([sys.executable, str(SCRIPT), json.dumps(spec)], capture_output=True, text=True,
+                          env=trainer_env(gpu), timeout=TIMEOUT, cwd=out)
     assert proc.returncode == 0, (f"the colocate trainer runs failed after {time.monotonic() - started:.0f} s "
                                   f"(exit {proc.returncode}):\n{proc.stderr[-4000:]}" + logged_errors(proc.stdout))
     printed = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -112,12 +105,6 @@ def colocate_trainer_outcomes(vllmcompat_context, vllm_engine_host, vllm_model_d
         outcome["stderr"] = parts[outcome.get("engine_failed_in", COLOCATE_RUNS.index(key))][-4000:]
         outcomes[key] = outcome
     return {"runs": outcomes, "engines": printed["engines_built"], "child_seconds": round(time.monotonic() - started, 1)}
-
-
-def logged_errors(stdout: str) -> str:
-    """vLLM logs some errors (a model module that fails to import) to stdout, not stderr: those lines."""
-    logged = "\n".join(line for line in stdout.splitlines() if "Error" in line)[-2000:]
-    return f"\n--- errors it logged to stdout ---\n{logged}" if logged else ""
 
 
 @colocate
@@ -138,15 +125,13 @@ def test_trainer_colocate_trains_and_the_engine_follows(colocate_trainer_outcome
 
 
 @colocate
-def test_trainer_colocate_with_the_transformers_model_impl(vllm_engine_host, vllm_model_dir, tmp_path,
-                                                           colocate_trainer_gpu):
+@pytest.mark.vllm_background("transformers_impl_run")
+def test_trainer_colocate_with_the_transformers_model_impl(transformers_impl_run):
     """`vllm_model_impl="transformers"` (GRPOConfig's default is "vllm"): the engine runs vLLM's Transformers
     backend; the run must train and the engine follow the weights as with vLLM's own model. Its own run (one more
-    engine start): where this backend fails, the four runs above still check everything else."""
-    settings = {"model_impl": "transformers"}
-    summary = run_trainer({"trainer": "grpo", "dataset": "plain", "model": str(vllm_model_dir), "steps": 2,
-                           **settings}, tmp_path, colocate_trainer_gpu)
-    check_colocate_run(summary, settings)
+    engine start), in the background beside the engine tests (trainer_children.py): where this backend fails, the
+    four runs above still check everything else."""
+    check_colocate_run(transformers_impl_run.summary(), trainer_children.TRANSFORMERS_IMPL)
 
 
 @colocate
@@ -179,17 +164,6 @@ def test_grpo_colocate_on_images_hands_vllm_each_prompt_with_its_image(vllm_engi
 @pytest.fixture
 def colocate_trainer_gpu(vllmcompat_context) -> str | None:
     return colocate_gpu(vllmcompat_context)
-
-
-def colocate_gpu(context) -> str | None:
-    """The GPU a colocate trainer run gets on the CUDA lane (trainer and engine share it, as in a user's run);
-    None on the CPU lane."""
-    if context.lane == "cpu":
-        return None
-    gpus = gh.visible_gpus()
-    if not gpus:
-        pytest.fail("cuda lane, but no GPU is visible to this process", pytrace=False)
-    return gpus[-1]
 
 
 @pytest.mark.gpu(n=1)

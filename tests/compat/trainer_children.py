@@ -1,13 +1,23 @@
-"""How the suite starts its trainer children (trainer_run.py next to this file), and the server runs' child.
+"""How the suite starts its trainer children (trainer_run.py next to this file), and those that run in the
+background.
 
-The server-mode trainer runs share one child, which runs in the background (pytest_vllmcompat/process/
-background.py): its fixtures live here and conftest.py makes them visible to every module of the suite, because
-the plugin requests `server_trainer_child` at the first engine test (whatever its module), so that the child runs
-beside the engine tests. The tests that read its outcomes (test_trainers.py) are marked `vllm_background`: they
-run after the engine tests.
+Two children run beside the engine tests on the CPU lane (pytest_vllmcompat/process/background.py): the one
+shared by every server-mode trainer run, and the colocate run on vLLM's Transformers backend (an engine of its
+own). Their session fixtures live here and conftest.py makes them visible to every module of the suite, because
+the plugin requests them at the first engine test (whatever its module). The tests that read their outcomes
+(test_trainers.py) are marked `vllm_background`: they run after the engine tests. On the CUDA lane each starts
+when its test waits: its engine or server takes GPU memory that the engine tests use too.
+
+Why these two and no more (measured on 2 cores, vllm-0.11.1(tf4), warm caches, the nox wall time of the whole
+cell): nothing in the background 253 and 276 s; the server child 179, 187 and 180 s; the server child and the
+Transformers-backend run 158 s; those and the LLaVA run as well 183 s (four processes at once: the foreground's
+engines took twice as long); the Transformers-backend run started beside the session server's users instead 185 s
+(it slowed the server's start-up, which those tests wait for). Two raw engines started side by side took 25.7 s
+against 35.8 s one after the other: two at once pay, more do not.
 """
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -114,3 +124,78 @@ def server_trainer_outcomes(server_trainer_child, trainer_server) -> dict:
     if server_trainer_child.child is None:
         server_trainer_child.start(trainer_server)
     return server_trainer_child.outcomes()
+
+
+def colocate_gpu(context) -> str | None:
+    """The GPU a colocate trainer run gets on the CUDA lane (trainer and engine share it, as in a user's run);
+    None on the CPU lane."""
+    if context.lane == "cpu":
+        return None
+    gpus = gh.visible_gpus()
+    if not gpus:
+        pytest.fail("cuda lane, but no GPU is visible to this process", pytrace=False)
+    return gpus[-1]
+
+
+def trainer_env(gpu: str | None):
+    """A colocate trainer child's environment: the CPU engine's KV cache size, or the GPU it gets."""
+    return child_env({"VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
+                      **({"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {})})
+
+
+def logged_errors(stdout: str) -> str:
+    """vLLM logs some errors (a model module that fails to import) to stdout, not stderr: those lines."""
+    logged = "\n".join(line for line in stdout.splitlines() if "Error" in line)[-2000:]
+    return f"\n--- errors it logged to stdout ---\n{logged}" if logged else ""
+
+
+class TrainerRun:
+    """One colocate run (trainer_run.py's single-run form) in a child of its own; `gpu`: its CUDA device (the
+    CUDA lane), else CPU. `summary()` waits for it: the run's summary, a skip as the run reported it, or a
+    failure with its exit code, the tail of its stderr and the errors vLLM logged to stdout."""
+
+    def __init__(self, spec: dict, out: Path, gpu: str | None):
+        self.what = f"{spec['trainer']} ({spec['dataset']})"
+        self.spec = {**spec, "out": str(out / "out"), "lane": "cuda" if gpu is not None else "cpu"}
+        self.child = BackgroundChild(f"{spec['trainer']}-{spec['dataset']}",
+                                     [sys.executable, str(SCRIPT), json.dumps(self.spec)], out_dir=out,
+                                     env=trainer_env(gpu), timeout=TIMEOUT, cwd=out)
+
+    def start(self) -> "TrainerRun":
+        if not self.child.started:
+            self.child.start()
+        return self
+
+    def summary(self) -> dict:
+        done = self.start().child.wait()
+        exit_ = f"none: stopped at the {TIMEOUT} s timeout" if done.timed_out else done.returncode
+        assert done.returncode == 0, (f"{self.what} failed after {done.seconds:.0f} s (exit {exit_}):\n"
+                                      f"{done.stderr[-4000:]}" + logged_errors(done.stdout))
+        summary = json.loads(done.stdout.strip().splitlines()[-1])
+        if "skip" in summary:
+            pytest.skip(summary["skip"])
+        print(json.dumps({**summary, "wall_seconds": done.seconds}))
+        return summary
+
+    def stop(self) -> None:
+        self.child.stop()
+
+
+TRANSFORMERS_IMPL = {"model_impl": "transformers"}  # the setting test_trainer_colocate_with_the_transformers_... checks
+
+
+def background_run(context, spec: dict, tmp_path_factory):
+    """A TrainerRun started now on the CPU lane (these fixtures are requested at the first engine test), when
+    its test waits on the CUDA lane; stopped at session end."""
+    run = TrainerRun(spec, tmp_path_factory.mktemp(f"{spec['trainer']}-{spec['dataset']}"), colocate_gpu(context))
+    if context.lane == "cpu":
+        run.start()
+    yield run
+    run.stop()
+
+
+@pytest.fixture(scope="session")
+def transformers_impl_run(vllmcompat_context, vllm_engine_host, vllm_model_dir, tmp_path_factory):
+    """GRPO colocate on plain prompts with `vllm_model_impl="transformers"`: an engine of its own."""
+    yield from background_run(vllmcompat_context, {"trainer": "grpo", "dataset": "plain", "model": str(vllm_model_dir),
+                                                   "steps": 2, **TRANSFORMERS_IMPL}, tmp_path_factory)
