@@ -129,15 +129,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if drop:
         config.hook.pytest_deselected(items=drop)
     items[:] = selection.run_order(keep, run.context.lane)
-    if not os.environ.get(XDIST_WORKER_ENV):  # a worker may not run the tests that wait: they start it themselves
-        run.background = selection.background_to_start(items[:])
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """When a selected test will use the server, start it now, in the background (servers.py: early start).
+    """Note the background work the selected tests wait on (started at the first engine test: fixtures.py).
+    When a selected test will use the server, start it now, in the background (servers.py: early start).
     Not under xdist (which worker runs the server tests is not known here), not with --collect-only, not when
     the host cannot run an engine (the fixture skips with the reason), not with VLLMCOMPAT_PRESTART=0."""
     config = session.config
+    if state.has_state(config) and not os.environ.get(XDIST_WORKER_ENV):
+        # Here, not in modifyitems: -k and -m deselect after this plugin's hook. Not in an xdist worker, which may
+        # not run the tests that wait (they start the work themselves).
+        state.of(config).background = selection.background_to_start(session.items)
     if (not state.has_state(config) or config.option.collectonly or not session.items
             or os.environ.get(XDIST_WORKER_ENV) or os.environ.get(PRESTART_ENV, "1") == "0"
             or getattr(config.option, "numprocesses", None)):

@@ -132,3 +132,18 @@ def test_a_background_marker_naming_no_visible_fixture_is_an_error_at_the_first_
     pytester.makepyfile(test_early=EARLY_START.replace('vllm_background("slow_work")', 'vllm_background("no_such")'))
     result = pytester.runpytest_subprocess("-v", "-p", "no:cacheprovider", "--vllm-mode=all")
     result.stdout.fnmatch_lines(["*test_c_engine ERROR*", "*fixture 'no_such' not found*"])
+
+
+def test_background_work_whose_tests_are_deselected_with_k_is_not_started(pytester, monkeypatch):
+    """-k deselects after the plugin orders the tests: the work is chosen from the final selection."""
+    monkeypatch.setenv("VLLMCOMPAT_PRESTART", "0")
+    pytester.makepyfile(test_early=EARLY_START)
+    pytester.makeconftest("""
+def pytest_sessionfinish(session):
+    import test_early
+    print("EVENTS", test_early.EVENTS)
+""")
+    result = pytester.runpytest_subprocess("-v", "-s", "-p", "no:cacheprovider", "--vllm-mode=all",
+                                           "-k", "not waits_on_it")
+    result.assert_outcomes(passed=4, deselected=1)
+    assert "EVENTS ['a', 'c', 'd']" in result.stdout.str()
