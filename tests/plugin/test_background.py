@@ -5,19 +5,11 @@ import os
 import signal
 import sys
 import time
-from pathlib import Path
 
 import pytest
+from proc_helpers import alive
 
 from pytest_vllmcompat.process.background import BackgroundChild
-
-
-def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat[stat.rfind(")") + 2] not in "ZX"
 
 
 def child(tmp_path, code: str, timeout: float = 30.0) -> BackgroundChild:

@@ -20,6 +20,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from proc_helpers import alive
 
 from pytest_vllmcompat.process import executor
 
@@ -99,14 +100,6 @@ def marked(mark: str) -> list[int]:
         except OSError:
             continue
     return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rfind(")") + 2] not in "ZX"
 
 
 def poll(predicate, timeout: float, what: str):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from proc_helpers import alive
 
 from pytest_vllmcompat.errors import ServerStartupError
 from pytest_vllmcompat.process import childenv
@@ -21,15 +22,6 @@ from pytest_vllmcompat.process.ports import free_port
 from pytest_vllmcompat.process.sweep import sweep_leftovers
 
 TINY = Path(__file__).with_name("tiny_http_server.py")
-
-
-def alive(pid: int) -> bool:
-    """True if pid exists and is not a zombie (independent of the code under test)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat[stat.rfind(")") + 2] not in "ZX"
 
 
 def wait_dead(pid: int, timeout: float = 5.0) -> bool:
