@@ -18,6 +18,10 @@ lane that is the cell's session server, and only the NCCL weight transport is re
 lane"): the weights the trainer pushes are recorded and must be the trained ones. On the CUDA lane the transport
 is real, the server has a GPU of its own (its weights change, so not the session's), and its greedy output must
 follow the training.
+
+Background (CPU lane): the server runs' child and the Transformers-backend colocate run start at the first engine
+test and run beside the engine tests; their tests are marked `vllm_background` and run after those
+(trainer_children.py).
 """
 
 import json
