@@ -31,8 +31,9 @@ from . import recorded, selection, state
 from .context import Context
 from .servers import ServerFactory, model_dir
 
-__all__ = ["colocate_generator", "server_client", "start_background_beside_the_engine_tests", "vllm_backend", "vllm_engine_host", "vllm_generator",
-           "vllm_model_dir", "vllm_server", "vllm_server_factory", "vllmcompat_context"]
+__all__ = ["colocate_generator", "server_client", "start_background_beside_the_engine_tests", "vllm_backend",
+           "vllm_engine_host", "vllm_generator", "vllm_model_dir", "vllm_server", "vllm_server_factory",
+           "vllmcompat_context"]
 
 
 @pytest.fixture(scope="session")
