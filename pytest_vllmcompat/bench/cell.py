@@ -21,18 +21,16 @@ from pathlib import Path
 
 from .measure import run_timed
 
+SERVER_CHILD_PHASE = "server trainer runs (waiting on their child)"
 # (phase, nodeid pattern): the first matching phase takes a test.
 PHASES = (
     ("patch probes (fresh interpreters)", r"tests/compat/test_patch(es|_tripwires)\.py::"),
     ("colocate trainer runs (children)", r"tests/compat/test_trainers\.py::test_\w*colocate"),
-    ("server trainer runs (waiting on their child)", r"tests/compat/test_trainers\.py::"),
+    (SERVER_CHILD_PHASE, r"tests/compat/test_trainers\.py::"),
     ("float32 server + structured outputs", r"tests/compat/test_structured_outputs\.py::"),
     ("session server's breaking tests (last)", r"::test_over_long_prompt_is_(an_error|400)"),
     ("GPU tests", r"tests/compat/test_gpu\.py::"),
 )
-
-SERVER_CHILD_PHASE = PHASES[2][0]
-
 
 def whole_cell(session: str, workdir: Path, caches: dict[str, str]) -> dict:
     """Run the cell once (with these compile-cache variables); its wall time, peak memory, phases, start-ups."""

@@ -25,25 +25,13 @@ test and run beside the engine tests; their tests are marked `vllm_background` a
 """
 
 import json
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import gpu_helpers as gh
 import pytest
 import trainer_children
 import trainer_run
-from trainer_children import (
-    SCRIPT,
-    STEPS,
-    TIMEOUT,
-    TrainerRun,
-    colocate_gpu,
-    logged_errors,
-    trainer_env,
-    transformers_5,
-)
+from trainer_children import STEPS, TrainerRun, colocate_gpu, last_line, trainer_child, trainer_env, transformers_5
 
 from pytest_vllmcompat.install import engine_route
 from pytest_vllmcompat.testing.lane_substitutes import SERVER_WEIGHT_SYNC
@@ -95,20 +83,18 @@ def colocate_trainer_outcomes(vllmcompat_context, vllm_engine_host, vllm_model_d
     gpu = colocate_gpu(vllmcompat_context)
     spec = {"mode": "colocate", "lane": vllmcompat_context.lane, "model": str(vllm_model_dir), "out": str(out),
             "runs": [{"trainer": t, "dataset": d, "steps": 2, **RUN_SETTINGS.get((t, d), {})} for t, d in COLOCATE_RUNS]}
-    started = time.monotonic()
-    proc = subprocess.run([sys.executable, str(SCRIPT), json.dumps(spec)], capture_output=True, text=True,
-                          env=trainer_env(gpu), timeout=TIMEOUT, cwd=out)
-    assert proc.returncode == 0, (f"the colocate trainer runs failed after {time.monotonic() - started:.0f} s "
-                                  f"(exit {proc.returncode}):\n{proc.stderr[-4000:]}" + logged_errors(proc.stdout))
-    printed = json.loads(proc.stdout.strip().splitlines()[-1])
-    parts = [proc.stderr.split(RUN_MARKER.format(i), 1)[-1].split(RUN_MARKER.format(i + 1), 1)[0]
+    child = trainer_child("colocate-trainers", spec, out, trainer_env(gpu))
+    child.start()
+    done = child.wait()
+    printed = last_line(done, "the colocate trainer runs")
+    parts = [done.stderr.split(RUN_MARKER.format(i), 1)[-1].split(RUN_MARKER.format(i + 1), 1)[0]
              for i in range(len(COLOCATE_RUNS))]
     outcomes = {}
     for key, outcome in zip(COLOCATE_RUNS, printed["outcomes"]):
         # a run that got the shared engine's failure shows the output of the run whose build failed
         outcome["stderr"] = parts[outcome.get("engine_failed_in", COLOCATE_RUNS.index(key))][-4000:]
         outcomes[key] = outcome
-    return {"runs": outcomes, "engines": printed["engines_built"], "child_seconds": round(time.monotonic() - started, 1)}
+    return {"runs": outcomes, "engines": printed["engines_built"], "child_seconds": done.seconds}
 
 
 @colocate

@@ -24,7 +24,7 @@ from pathlib import Path
 import gpu_helpers as gh
 import pytest
 
-from pytest_vllmcompat.process.background import BackgroundChild
+from pytest_vllmcompat.process.background import BackgroundChild, Finished
 from pytest_vllmcompat.process.childenv import child_env
 
 SCRIPT = Path(__file__).with_name("trainer_run.py")
@@ -84,18 +84,14 @@ class ServerTrainerChild:
                 "server_log": str(server.log_path), "model": str(self.model_dir), "out": str(self.out),
                 "runs": [{**r, "steps": STEPS} for r in self.wanted.values()]}
         env = child_env({"CUDA_VISIBLE_DEVICES": trainer_gpu} if trainer_gpu is not None else {})
-        self.child = BackgroundChild("server-trainers", [sys.executable, str(SCRIPT), json.dumps(spec)],
-                                     out_dir=self.out, env=env, timeout=TIMEOUT, cwd=self.out)
+        self.child = trainer_child("server-trainers", spec, self.out, env)
         self.child.start()
 
     def outcomes(self) -> dict:
         """{run name: outcome (summary, skip or error)}, once the child has ended."""
         assert self.child is not None, "start() first"
         done = self.child.wait()
-        assert done.returncode == 0, (f"the server-mode trainer runs failed after {done.seconds:.0f} s (exit "
-                                      f"{'none: stopped at the ' + str(TIMEOUT) + ' s timeout' if done.timed_out else done.returncode}) "
-                                      f"against {self.base_url}:\n{done.stderr[-4000:]}")
-        printed = json.loads(done.stdout.strip().splitlines()[-1])
+        printed = last_line(done, f"the server-mode trainer runs against {self.base_url}")
         return {name: {**outcome, "child_seconds": done.seconds, "libc": printed["libc"]}  # imports + every run
                 for name, outcome in zip(self.wanted, printed["outcomes"])}
 
@@ -149,6 +145,21 @@ def logged_errors(stdout: str) -> str:
     return f"\n--- errors it logged to stdout ---\n{logged}" if logged else ""
 
 
+def trainer_child(name: str, spec: dict, out: Path, env) -> BackgroundChild:
+    """trainer_run.py on `spec`, in `out`, not started yet: the one way the suite launches a trainer child."""
+    return BackgroundChild(name, [sys.executable, str(SCRIPT), json.dumps(spec)], out_dir=out, env=env,
+                           timeout=TIMEOUT, cwd=out)
+
+
+def last_line(done: Finished, what: str) -> dict:
+    """The JSON a trainer child printed last; `what` failed (exit code or timeout, its stderr's tail, the errors
+    vLLM logged to stdout) unless it exited 0."""
+    exit_ = f"none: stopped at the {TIMEOUT} s timeout" if done.timed_out else done.returncode
+    assert done.returncode == 0, (f"{what} failed after {done.seconds:.0f} s (exit {exit_}):\n"
+                                  f"{done.stderr[-4000:]}" + logged_errors(done.stdout))
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 class TrainerRun:
     """One colocate run (trainer_run.py's single-run form) in a child of its own; `gpu`: its CUDA device (the
     CUDA lane), else CPU. `summary()` waits for it: the run's summary, a skip as the run reported it, or a
@@ -157,9 +168,7 @@ class TrainerRun:
     def __init__(self, spec: dict, out: Path, gpu: str | None):
         self.what = f"{spec['trainer']} ({spec['dataset']})"
         self.spec = {**spec, "out": str(out / "out"), "lane": "cuda" if gpu is not None else "cpu"}
-        self.child = BackgroundChild(f"{spec['trainer']}-{spec['dataset']}",
-                                     [sys.executable, str(SCRIPT), json.dumps(self.spec)], out_dir=out,
-                                     env=trainer_env(gpu), timeout=TIMEOUT, cwd=out)
+        self.child = trainer_child(f"{spec['trainer']}-{spec['dataset']}", self.spec, out, trainer_env(gpu))
 
     def start(self) -> "TrainerRun":
         if not self.child.started:
@@ -168,10 +177,7 @@ class TrainerRun:
 
     def summary(self) -> dict:
         done = self.start().child.wait()
-        exit_ = f"none: stopped at the {TIMEOUT} s timeout" if done.timed_out else done.returncode
-        assert done.returncode == 0, (f"{self.what} failed after {done.seconds:.0f} s (exit {exit_}):\n"
-                                      f"{done.stderr[-4000:]}" + logged_errors(done.stdout))
-        summary = json.loads(done.stdout.strip().splitlines()[-1])
+        summary = last_line(done, self.what)
         if "skip" in summary:
             pytest.skip(summary["skip"])
         print(json.dumps({**summary, "wall_seconds": done.seconds}))
