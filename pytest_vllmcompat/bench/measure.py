@@ -20,6 +20,7 @@ from ..process import procfs
 from ..process.compile_cache import CACHE_DIR_ENV, COMPILE_CACHE_VARS, DEFAULT_CACHE_DIR, compile_cache_env
 from ..process.executor import ServerProcess, stop_group
 from ..process.ports import free_port
+from ..process.vec_isa import vec_isa_env
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 DEFAULT_ENV = ROOT / ".nox" / "vllm-0-11-1-tf4"
@@ -78,7 +79,9 @@ def compile_caches(workdir: Path, *, cold: bool) -> dict[str, str]:
     if cold:
         fresh = Path(tempfile.mkdtemp(prefix="compile-cold-", dir=workdir))
         return {var: str(fresh / sub) for var, sub in COMPILE_CACHE_VARS.items()}
-    return compile_cache_env(Path(os.environ.get(CACHE_DIR_ENV) or DEFAULT_CACHE_DIR), os.environ)
+    cache_dir = Path(os.environ.get(CACHE_DIR_ENV) or DEFAULT_CACHE_DIR)
+    # and inductor's ISA check answered once, as a cell's pytest does for its engines (process/vec_isa.py)
+    return {**compile_cache_env(cache_dir, os.environ), **vec_isa_env(cache_dir, os.environ)}
 
 
 def load_average() -> list[float]:

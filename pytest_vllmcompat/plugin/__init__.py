@@ -22,6 +22,7 @@ from .. import host
 from ..process import childenv
 from ..process.compile_cache import COMPILE_CACHE_VARS, compile_cache_env
 from ..process.sweep import sweep_leftovers
+from ..process.vec_isa import VEC_ISA_ENV, vec_isa_env
 from . import known_failures, selection, settings, skips, state
 from .context import build as build_context
 from .fixtures import (  # noqa: F401  (fixtures are registered by being in this module)
@@ -50,6 +51,9 @@ MARKERS = (
     f"{selection.BREAKS_SERVER_MARKER}: may leave the session server unusable; runs after every other test",
     f"{selection.BACKGROUND_MARKER}(fixture): waits on background work the session fixture `fixture` starts at the "
     "first engine test; runs after the engine tests",
+    f"{selection.FIRST_MARKER}: starts no engine and waits on interpreters of its own; runs first",
+    f"{selection.EARLY_SERVER_MARKER}(name, extra=()): uses a `trl vllm-serve` of its own with these extra arguments, "
+    "started at collection end on the cpu lane",
 )
 XDIST_WORKER_ENV = host.XDIST_WORKER_ENV
 
@@ -68,7 +72,9 @@ def pytest_configure(config: pytest.Config) -> None:
     _stop_cleanly_on_sigterm()
     _pin_gpu_for_xdist_worker(state.of(config).context.lane)
     # Before any engine import, and before the children's environment is recorded: every engine shares them.
-    os.environ.update(compile_cache_env(Path(settings.resolve(config, "vllm_cache_dir")), os.environ))
+    cache_dir = Path(settings.resolve(config, "vllm_cache_dir"))
+    os.environ.update(compile_cache_env(cache_dir, os.environ))
+    os.environ.update(vec_isa_env(cache_dir, os.environ))  # inductor's ISA check once, not in every engine
     childenv.record_session_start()  # after the GPU pinning and the compile caches, which children must inherit
 
 
@@ -113,7 +119,10 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         return []
     run = state.of(config)
     caches = ", ".join(f"{var}={os.environ.get(var, '')}" for var in COMPILE_CACHE_VARS)
-    return [*run.context.header(), f"vllmcompat compile caches: {caches}",
+    isa = os.environ.get(VEC_ISA_ENV)
+    isa_line = (f"{VEC_ISA_ENV}={isa} (the check's answer, measured once: process/vec_isa.py)" if isa
+                else f"{VEC_ISA_ENV} unset (each engine checks its CPU's ISAs)")
+    return [*run.context.header(), f"vllmcompat compile caches: {caches}", f"vllmcompat inductor: {isa_line}",
             *(f"vllmcompat swept a leftover of a crashed run: {line}" for line in run.swept)]
 
 
@@ -133,7 +142,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Note the background work the selected tests wait on (started at the first engine test: fixtures.py).
-    When a selected test will use the server, start it now, in the background (servers.py: early start).
+    When a selected test will use the server, start it now, in the background (servers.py: early start), and on
+    the cpu lane the servers of their own that selected tests declare (marker vllm_early_server).
     Not under xdist (which worker runs the server tests is not known here), not with --collect-only, not when
     the host cannot run an engine (the fixture skips with the reason), not with VLLMCOMPAT_PRESTART=0."""
     config = session.config
@@ -149,7 +159,11 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     ctx = run.context
     if ("server" in ctx.modes and any(selection.needs_server(item, ctx.lane) for item in session.items)
             and not ctx.engine_blocker()):
-        ServerFactory(run, config._tmp_path_factory).prestart()  # type: ignore[attr-defined]
+        factory = ServerFactory(run, config._tmp_path_factory)  # type: ignore[attr-defined]
+        factory.prestart()
+        if ctx.lane == "cpu":  # servers.py says why not on CUDA
+            for name, extra in selection.early_servers(session.items, ctx.lane):
+                factory.prestart(name, extra)
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -73,9 +73,15 @@ def select(ctx: Context, items: list[pytest.Item]) -> tuple[list[pytest.Item], l
 
 BREAKS_SERVER_MARKER = "breaks_session_server"
 BACKGROUND_MARKER = "vllm_background"  # vllm_background("fixture"): the test waits on work that fixture started
+# vllm_early_server(name, extra=(...)): the test uses a `trl vllm-serve` of its own with these extra arguments,
+# which the plugin may start at collection end (servers.py, early start)
+EARLY_SERVER_MARKER = "vllm_early_server"
+
+# vllm_first: the test starts no engine and mostly waits on fresh interpreters of its own: it runs first
+FIRST_MARKER = "vllm_first"
 
 # The groups of run_order, in the order they run.
-NO_ENGINE, SERVER_USERS, ENGINE_TESTS, AFTER_BACKGROUND, SERVER_BREAKERS = range(5)
+FIRST, NO_ENGINE, SERVER_USERS, ENGINE_TESTS, AFTER_BACKGROUND, SERVER_BREAKERS = range(6)
 
 
 def group(item: pytest.Item, lane: str) -> int:
@@ -86,22 +92,32 @@ def group(item: pytest.Item, lane: str) -> int:
         return AFTER_BACKGROUND
     if needs_server(item, lane):
         return SERVER_USERS
-    return ENGINE_TESTS if "engine" in markers(item) else NO_ENGINE
+    if "engine" in markers(item):
+        return ENGINE_TESTS
+    return FIRST if item.get_closest_marker(FIRST_MARKER) is not None else NO_ENGINE
 
 
 def run_order(items: list[pytest.Item], lane: str) -> list[pytest.Item]:
     """The order the kept tests run in (stable within each group):
-      0. tests that start no engine (imports, identity, the patch probes' fresh interpreters): the session
-         server's start-up, begun at collection end (servers.py), runs beside them;
+      0. first, tests marked `vllm_first` (no engine; they wait on interpreters of their own, such as the patch
+         probes): their interpreters start at once, beside the early servers' start-ups, while the rest of
+         group 0 is single-threaded work in this process (measured on 2 cores: under one core busy in the
+         cell's first 30 s before this);
+         then the other tests that start no engine (imports, identity): the session server's start-up, begun at
+         collection end (servers.py), runs beside them, and on the cpu lane the servers tests declare with
+         `vllm_early_server` (the float32 server);
       1. the session server's users (the first one waits for what is left of its start-up);
       2. every other engine test (the colocate engine, trainer runs, servers of their own); the background work
          of group 3 (marker `vllm_background`) is started at the first of them and runs beside them;
       3. tests marked `vllm_background("fixture")`: they wait on that session fixture's background work;
       4. tests marked `breaks_session_server`: they may leave it unusable, so they are its last users.
-    Why engines do not overlap the server's start-up: on a small CPU runner two engines starting at once bind
-    their OpenMP threads to the same cores and slow each other far more than running one after the other
-    (measured on 2 cores: the colocate engine's start went from 19 s to 104 s beside the server's). Background
-    work is only what mostly waits (see pytest_vllmcompat/process/background.py)."""
+    Why the colocate engine and the trainer runs do not overlap the servers' start-ups: on a small CPU runner
+    engines starting at once slow each other (measured on 2 cores, an old cell: the colocate engine's start went
+    from 19 s to 104 s beside the server's). Two servers side by side did pay on 2 cores (vllm-0.11.1(tf4), warm
+    caches: the session server ready in 58-62 s instead of 43, the float32 server waited for no more, and the
+    cell's pytest went from 210 s to 161-164 s). Background work is only what mostly waits (see
+    pytest_vllmcompat/process/background.py).
+    """
     return sorted(items, key=lambda item: group(item, lane))
 
 
@@ -114,6 +130,17 @@ def background_fixture(item: pytest.Item) -> str | None:
 def background_to_start(items: list[pytest.Item]) -> list[str]:
     """The fixtures the kept tests' `vllm_background` markers name, once each, in run order."""
     return list(dict.fromkeys(name for item in items if (name := background_fixture(item)) is not None))
+
+
+def early_servers(items: list[pytest.Item], lane: str) -> list[tuple[str, tuple[str, ...]]]:
+    """(name, extra arguments) of the servers the kept tests' `vllm_early_server` markers declare, once each, in
+    run order (a GPU test skipped before its fixtures run declares none)."""
+    found: dict[tuple[str, tuple[str, ...]], None] = {}
+    for item in items:
+        marker = item.get_closest_marker(EARLY_SERVER_MARKER)
+        if marker is not None and gpu_skip_reason(item, lane) is None:
+            found[(str(marker.args[0]), tuple(map(str, marker.kwargs.get("extra", ()))))] = None
+    return list(found)
 
 
 def needs_server(item: pytest.Item, lane: str) -> bool:

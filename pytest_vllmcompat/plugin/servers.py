@@ -11,6 +11,10 @@ server, the plugin starts the session's one at collection end, so its startup ov
 and the tests before it; `vllm_serve(claim_prestarted=True)` then only waits for readiness. The early server is
 exactly what the fixture would start (same argv, env, log dir, timeout); if anything differs it is stopped and a
 fresh one is started. Unclaimed (e.g. `-x` stopped the run), it is stopped at unconfigure.
+On the CPU lane, a server of other arguments that selected tests declare (marker `vllm_early_server(name,
+extra=...)`, e.g. the float32 server of the structured-output tests) starts at collection end too, and
+`vllm_serve(name=..., extra=..., claim_prestarted=True)` claims it by name the same way. Not on the CUDA lane:
+two servers starting on one GPU at once profile its free memory at the same time, which has not been measured.
 """
 
 from __future__ import annotations
@@ -99,32 +103,35 @@ class ServerFactory:
         """The backend's `trl vllm-serve` on the model, configured for the lane, running until the block exits."""
         argv_for = self.vllm_argv_for(extra, gpu_memory_utilization)
         full_env = {**engine.engine_env(self.state.context.lane), **(env or {})}
-        first = self._claim_prestarted(argv_for) if claim_prestarted else None
+        first = self._claim_prestarted(name, argv_for) if claim_prestarted else None
         with self.start(name, argv_for, env=full_env, startup_timeout=startup_timeout, log_dir=log_dir,
                         fatal_log_patterns=SERVE_FATAL_LOG_PATTERNS, first=first) as server:
             yield server
 
-    def prestart(self) -> bool:
-        """Start the session's `trl vllm-serve` now, without waiting. Best effort: on any problem nothing is started
-        (a PytestWarning says why) and the `vllm_server` fixture starts and reports it as usual."""
+    def prestart(self, name: str = SERVER_NAME, extra: Sequence[str] = ()) -> bool:
+        """Start `trl vllm-serve` (the session's, or `name` with `extra` arguments) now, without waiting. Best effort:
+        on any problem nothing is started (a PytestWarning says why) and the fixture that claims it starts and
+        reports it as usual."""
         try:
-            argv_for = self.vllm_argv_for()
-            server = self.new(SERVER_NAME, argv_for, ports.free_port(), env=engine.engine_env(
+            argv_for = self.vllm_argv_for(extra)
+            server = self.new(name, argv_for, ports.free_port(), env=engine.engine_env(
                 self.state.context.lane), fatal_log_patterns=SERVE_FATAL_LOG_PATTERNS)
             server.start()
             server.time_readiness_in_background()  # its start-up, not the wait until a test claims it
         except Exception as exc:
-            warnings.warn(pytest.PytestWarning(f"early start of {SERVER_NAME} skipped ({type(exc).__name__}: {exc}); "
-                                               "the vllm_server fixture starts it when a test needs it"), stacklevel=2)
+            warnings.warn(pytest.PytestWarning(f"early start of {name} skipped ({type(exc).__name__}: {exc}); "
+                                               "the fixture that needs it starts it then"), stacklevel=2)
             return False
-        self.state.prestarted = server
+        self.state.prestarted.append(server)
         return True
 
-    def _claim_prestarted(self, expected_argv_for: ArgvFor) -> ServerProcess | None:
-        """The early server if it is the one that would be started now, else None (a mismatch is stopped)."""
-        server, self.state.prestarted = self.state.prestarted, None
+    def _claim_prestarted(self, name: str, expected_argv_for: ArgvFor) -> ServerProcess | None:
+        """The early server of this name if it is the one that would be started now, else None (a mismatch is
+        stopped)."""
+        server = next((s for s in self.state.prestarted if s.name == name), None)
         if server is None:
             return None
+        self.state.prestarted.remove(server)
         if list(map(str, expected_argv_for("127.0.0.1", server.port))) != server.argv:
             server.stop()
             self.state.forget(server)
@@ -133,9 +140,9 @@ class ServerFactory:
 
 
 def stop_prestarted(state: RunState) -> None:
-    """Stop an early server no test claimed (session ended early, interrupted, or deselected)."""
-    server, state.prestarted = state.prestarted, None
-    if server is not None:
+    """Stop the early servers no test claimed (session ended early, interrupted, or deselected)."""
+    servers, state.prestarted = state.prestarted, []
+    for server in servers:
         server.stop()
 
 

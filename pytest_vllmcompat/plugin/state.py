@@ -16,7 +16,8 @@ class RunState:
     context: Context
     swept: list[str] = field(default_factory=list)  # leftovers of crashed runs stopped at session start
     servers: list[ServerProcess] = field(default_factory=list)  # for log tails in failure reports
-    prestarted: ServerProcess | None = None  # the session server started at collection end, not yet claimed
+    # servers started at collection end, not yet claimed: the session's, and those `vllm_early_server` declares
+    prestarted: list[ServerProcess] = field(default_factory=list)
     startups: list[tuple[str, float]] = field(default_factory=list)  # recorded here, not yet reported
     current_test: str | None = None  # node id of the test running now (servers remember where they started)
     started_in: dict[int, str | None] = field(default_factory=dict)  # id(server) -> test it was started in

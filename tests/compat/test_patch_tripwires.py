@@ -18,6 +18,9 @@ import pytest
 
 from pytest_vllmcompat.testing.patches import PATCH_MODULE, PATCHES
 
+# The probe interpreters start no engine and mostly wait: first in the run, beside the servers' start-ups.
+pytestmark = pytest.mark.vllm_first
+
 # The calls (patch_probe.py, one interpreter for both modes): DisabledTqdm with a caller-supplied `disable` (the
 # case vLLM PR #28471 fixed; vLLM hands DisabledTqdm to huggingface_hub as `tqdm_class` for Hub downloads, so a
 # local model never reaches it); get_cached_tokenizer on an HF tokenizer, as vLLM's get_tokenizer does for every

@@ -10,6 +10,9 @@ from patch_probe import USER_LOGGING_LEVEL
 
 from pytest_vllmcompat.testing.patches import PATCH_MODULE, PATCHES
 
+# The probe interpreters start no engine and mostly wait: first in the run, beside the servers' start-ups.
+pytestmark = pytest.mark.vllm_first
+
 
 @pytest.fixture(scope="module")
 def default_probe(patch_probes):

@@ -21,7 +21,10 @@ from pytest_vllmcompat.testing import reference
 from pytest_vllmcompat.testing.http import call_watching
 from pytest_vllmcompat.testing.reference import MAX_TOKENS, PROMPTS
 
-pytestmark = pytest.mark.vllm_mode("server")
+FLOAT32_SERVER = "trl vllm-serve (float32)"
+FLOAT32_ARGS = ("--dtype", "float32")
+# Started at collection end on the cpu lane, beside the session server's start-up (plugin: vllm_early_server).
+pytestmark = [pytest.mark.vllm_mode("server"), pytest.mark.vllm_early_server(FLOAT32_SERVER, extra=FLOAT32_ARGS)]
 PATTERN = "[0-9]{3}"
 # The reference's smallest gap between the chosen token and the best other allowed one must exceed the engine's
 # float32 noise by far (measured differences of vLLM fp32 vs transformers fp32 logits are ~1e-5).
@@ -30,7 +33,7 @@ MIN_MARGIN = 1e-3
 
 @pytest.fixture(scope="module")
 def float32_client(vllm_engine_host, vllm_server_factory, vllm_backend):
-    with vllm_server_factory.vllm_serve(name="trl vllm-serve (float32)", extra=("--dtype", "float32")) as server:
+    with vllm_server_factory.vllm_serve(name=FLOAT32_SERVER, extra=FLOAT32_ARGS, claim_prestarted=True) as server:
         client = vllm_backend.make_client(server.base_url, connection_timeout=10.0)
         yield server, client
         client.close()
