@@ -55,8 +55,18 @@ def host_key() -> str | None:
         if found:
             real = os.path.realpath(found)
             compilers[name] = [real, os.stat(real).st_mtime_ns]
-    parts = {"torch": importlib.metadata.version("torch"), "at": spec.origin, "flags": flags, "cxx": compilers}
+    try:
+        version = importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:  # an importable torch without metadata: no key, no check
+        return None
+    parts = {"torch": version, "at": spec.origin, "flags": flags, "cxx": compilers}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def is_fact(value: object) -> bool:
+    """What the check prints and the fact file holds: {"checked": [...], "by_flags": [...]} (a damaged file is not)."""
+    return (isinstance(value, dict) and isinstance(value.get("checked"), list)
+            and isinstance(value.get("by_flags"), list))
 
 
 def checked_fact(folder: Path) -> dict | None:
@@ -66,16 +76,18 @@ def checked_fact(folder: Path) -> dict | None:
         return None
     path = folder / f"vec-isa-{key}.json"
     try:
-        return json.loads(path.read_text())
+        kept = json.loads(path.read_text())
     except (OSError, ValueError):
-        pass
+        kept = None
+    if is_fact(kept):
+        return kept
     try:
         done = subprocess.run([sys.executable, "-c", CHECK], capture_output=True, text=True, timeout=300,
                               stdin=subprocess.DEVNULL)
         fact = json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else None
     except (OSError, subprocess.TimeoutExpired, ValueError, IndexError):
         fact = None
-    if not isinstance(fact, dict) or not {"checked", "by_flags"} <= fact.keys():
+    if not is_fact(fact):
         return None
     folder.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(f".{os.getpid()}.tmp")

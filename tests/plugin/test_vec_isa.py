@@ -34,6 +34,14 @@ def test_equal_answers_set_it_to_1_and_the_second_run_reads_the_fact_file(tmp_pa
     assert json.loads((tmp_path / "compile" / "host" / "vec-isa-k1.json").read_text()) == checks.answer
 
 
+def test_a_damaged_fact_file_is_measured_again_and_replaced(tmp_path, checks):
+    folder = tmp_path / "compile" / "host"
+    folder.mkdir(parents=True)
+    (folder / "vec-isa-k1.json").write_text('["not", "a", "fact"]')
+    assert vec_isa.vec_isa_env(tmp_path, {}) == {"TORCHINDUCTOR_VEC_ISA_OK": "1"}
+    assert checks.runs == 1 and json.loads((folder / "vec-isa-k1.json").read_text()) == checks.answer
+
+
 def test_an_isa_the_flags_name_but_the_check_refuses_leaves_it_unset(tmp_path, checks):
     checks.answer = {"checked": ["avx2"], "by_flags": ["avx512", "avx2"]}
     assert vec_isa.vec_isa_env(tmp_path, {}) == {}
