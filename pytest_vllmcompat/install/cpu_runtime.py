@@ -69,10 +69,11 @@ def loader(root: Path) -> Path:
 
 
 def levels(root: Path) -> dict[str, tuple[int, ...]]:
-    """The symbol levels the runtime provides: {"GLIBC": (2, 41), "GLIBCXX": (3, 4, 33)}."""
+    """The symbol levels the runtime provides: {"GLIBC": (2, 41), "GLIBCXX": (3, 4, 33), "CXXABI": (1, 3, 15)}."""
     lib = lib_dir(root)
-    return {"GLIBC": symbol_levels(lib / "libc.so.6").get("GLIBC", ()),
-            "GLIBCXX": symbol_levels(lib / "libstdc++.so.6").get("GLIBCXX", ())}
+    cxx = symbol_levels(lib / "libstdc++.so.6")
+    return {"GLIBC": symbol_levels(lib / "libc.so.6").get("GLIBC", ()), "GLIBCXX": cxx.get("GLIBCXX", ()),
+            "CXXABI": cxx.get("CXXABI", ())}
 
 
 def cache_root(runtime: CpuRuntime) -> Path:

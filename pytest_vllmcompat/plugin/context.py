@@ -52,8 +52,14 @@ class Context:
     def engine_blocker(self) -> str | None:
         """Why this host cannot start an engine for this cell (None: it can)."""
         if self.matrix is None or self.cell is None:
-            return None if self.lane == "cpu" or host.gpu_count() else f"the {self.lane} lane needs a GPU"
+            if self.lane == "cpu":
+                return self.unexecutable()
+            return None if host.gpu_count() else f"the {self.lane} lane needs a GPU"
         return engine_route.engine_blocker(self.matrix, self.cell)
+
+    def unexecutable(self) -> str | None:
+        """Why no test of this cell can run in this process (its vllm/_C would kill it: SIGILL), else None."""
+        return engine_route.unexecutable(self.lane, str(self.cell) if self.cell else "this environment")
 
 
 def target_mismatch(target: str, installed: str | None) -> str | None:

@@ -101,6 +101,12 @@ def evaluate(matrix: Matrix, found: list[CellResult], lanes: list[str], targets:
             verdict.problems.append(f"FAILED   {r.label()}: {r.counts_text()}: {names}")
         if r.incomplete:
             verdict.problems.append(f"FAILED   {r.label()}: {r.incomplete}")
+        elif not failed and r.skipped("host"):
+            reasons = r.host_reasons
+            verdict.problems.append(f"UNVERIFIED {r.label()}: {len(r.skipped('host'))} test(s) skipped because this "
+                                    f"host could not run them, so nothing checked them: {reasons[0]}"
+                                    + (f" (and {len(reasons) - 1} other reason(s))" if len(reasons) > 1 else "")
+                                    + " -- run the cell on a host that can")
     return verdict
 
 

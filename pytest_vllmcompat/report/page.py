@@ -30,7 +30,7 @@ CSS = """body{font:14px/1.45 system-ui,sans-serif;margin:1.5em 2em;color:#1f2328
 h1{font-size:22px;margin:.2em 0 .6em}h2{font-size:17px;margin:1.4em 0 .4em}
 table{border-collapse:collapse;margin:.4em 0 1.2em}th,td{border:1px solid #d0d7de;padding:.35em .6em;text-align:left;vertical-align:top}
 .grids{display:flex;flex-wrap:wrap;gap:0 1em}.grids section{flex:0 0 auto}.grid td{width:150px;font-size:12.5px}
-.grid td code{font-size:11px;overflow-wrap:anywhere}.pass{background:#dafbe1}.attention{background:#fff8c5}.fail{background:#ffebe9}
+.grid td code{font-size:11px;overflow-wrap:anywhere}.pass{background:#dafbe1}.attention{background:#fff8c5}.unverified{background:#ffe2c2}.fail{background:#ffebe9}
 .xpass{background:#fbefff}.partial{background:#eef4ff}.missing{background:#f6f8fa;color:#656d76}
 .status{font-weight:600;text-transform:uppercase;font-size:12px;letter-spacing:.04em}
 .bar{display:flex;height:7px;margin:.35em 0 .15em;border-radius:3px;overflow:hidden;background:#eaeef2}
@@ -40,7 +40,7 @@ table{border-collapse:collapse;margin:.4em 0 1.2em}th,td{border:1px solid #d0d7d
 ul.problems li{margin:.15em 0}ul.causes>li{margin:.5em 0}ul.causes ul{margin:.15em 0;columns:2}
 pre{background:#f6f8fa;padding:.6em;overflow:auto;font-size:12px;max-height:22em}
 .legend span{display:inline-block;padding:.15em .5em;margin:0 .4em .3em 0}"""
-STATUS_TEXT = {"pass": "pass", "attention": "look", "fail": "fail", "xpass": "xpass", "partial": "partial only"}
+STATUS_TEXT = {"pass": "pass", "attention": "look", "unverified": "unverified", "fail": "fail", "xpass": "xpass", "partial": "partial only"}
 
 
 def _e(text: object) -> str:

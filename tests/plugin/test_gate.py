@@ -127,7 +127,9 @@ def test_strict_xpass_fails_and_says_upstream_fixed(tmp_path, capsys):
     assert '<td class="xpass"' in html
 
 
-def test_host_skips_are_yellow_lane_skips_green_and_incomplete_runs_fail(tmp_path, capsys):
+def test_host_skips_are_unverified_lane_skips_green_and_incomplete_runs_fail(tmp_path, capsys):
+    """A test skipped because the host could not run it was checked by nobody: the gate cannot pass on it (a user
+    of that release could hit what it would have seen); a GPU-only test on the CPU lane is the other lane's."""
     host_skips = PASSING[:1] + [dict(t, outcome="skipped", reason="needs GLIBCXX_3.4.32", skip_kind="host")
                                 for t in PASSING[1:]]
     lane_skips = PASSING[:2] + [dict(t, outcome="skipped", reason="cpu lane: needs 2 NVIDIA GPUs", skip_kind="lane")
@@ -144,13 +146,16 @@ def test_host_skips_are_yellow_lane_skips_green_and_incomplete_runs_fail(tmp_pat
     rc, out, md, html = gate(tmp_path, capsys)
     assert rc == 1
     assert "FAILED   vllm-0.12.0(tf4) cpu trl==0.29.1: run did not complete (exit status 2: interrupted)" in out
-    assert not [line for line in out.splitlines() if "vllm-0.10.2(tf4)" in line]  # skips do not fail the gate
-    assert "| 0.10.2 | ⚠️ 1 passed, 3 skipped (host) | ✅ 4 passed |" in md
+    assert ("UNVERIFIED vllm-0.10.2(tf4) cpu trl==0.29.1: 3 test(s) skipped because this host could not run them, "
+            "so nothing checked them: needs GLIBCXX_3.4.32 -- run the cell on a host that can") in out
+    assert not [line for line in out.splitlines() if "vllm-0.11.0(tf4)" in line or "vllm-0.11.1(tf4)" in line]
+    assert "| 0.10.2 | ⛔ 1 passed, 3 skipped (host) | ✅ 4 passed |" in md
     assert "| 0.11.0 | ✅ 2 passed, 1 not on this lane, 1 not applicable | ✅ 4 passed |" in md
     assert "| 0.11.1 | ⚠️ 3 passed, 1 not applicable | ✅ 4 passed |" in md
     assert "1 known failure(s) unverified here" in html and "3 skipped for a host reason" in html
     assert "  - 1 unverified: bug" in md  # known failures per cell
-    assert html.count('<td class="attention"') == 2 and html.count('<td class="fail"') == 1
+    assert html.count('<td class="attention"') == 1 and html.count('<td class="unverified"') == 1
+    assert html.count('<td class="fail"') == 1
 
 
 def test_lanes_and_targets_select_the_required_cells(tmp_path, capsys):
