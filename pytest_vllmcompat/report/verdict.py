@@ -70,7 +70,8 @@ class CellResult:
 
     @property
     def attention(self) -> list[str]:
-        """What a user should look at although nothing failed (yellow): host limits, unverified known failures."""
+        """Notes shown in the cell: host skips (they make it unverified, see status) and known failures not verified
+        here (alone they make it yellow)."""
         notes = []
         if self.skipped("host"):
             notes.append(f"{len(self.skipped('host'))} skipped for a host reason")
