@@ -5,8 +5,9 @@ Colocate: runs happen in child interpreters (trainer_run.py next to this file, r
 colocate engine lives in its process with torch.distributed state, and the session's `colocate_generator` may
 already hold one in this pytest process. The four GRPO/RLOO x plain/chat runs share one child and one engine
 (their trainers ask for the same one; pytest_vllmcompat/testing/shared_engine.py resets it to the checkpoint's
-weights between runs); a run whose engine differs (another model implementation, the LLaVA, sleep mode, FSDP,
-ZeRO-3, QLoRA) has a child of its own. Checked inside trainer_run.py: the engine starts on the checkpoint's
+weights between runs); on the CPU lane the LLaVA's images run comes after them in that child, with an engine of
+its own (images_in_the_shared_child); any other run whose engine differs (another model implementation, sleep
+mode, FSDP, ZeRO-3, QLoRA) has a child of its own. Checked inside trainer_run.py: the engine starts on the checkpoint's
 weights; training changes the HF weights; the engine's weights change during training (TRL syncs before each
 step's generation); after a final sync_weights() the engine holds exactly the trained weights (bf16 rounding)
 and its greedy output changed.
@@ -25,6 +26,7 @@ test and run beside the engine tests; their tests are marked `vllm_background` a
 """
 
 import json
+import os
 from pathlib import Path
 
 import gpu_helpers as gh
@@ -54,7 +56,10 @@ def run_trainer(spec: dict, tmp_path, gpu: str | None = None) -> dict:
 RUN_SETTINGS = {("grpo", "plain"): {"lora": True}}
 
 
-def check_colocate_run(summary: dict, settings: dict) -> None:
+def check_colocate_run(summary: dict, settings: dict, single_process: bool = True) -> None:
+    if single_process:  # not under FSDP or DeepSpeed: as a user's plain run, accelerate must see no distributed one
+        # (a run after another in the shared child once did: TRL's VLLMGeneration had left LOCAL_RANK in os.environ)
+        assert summary["distributed_type"] == "NO", f"accelerate took this run for {summary['distributed_type']}"
     assert summary["peft_model"].startswith("Peft") == bool(settings.get("lora")), summary["peft_model"]
     assert summary["global_step"] == 2
     assert summary["hf_max_delta"] > 0 and summary["engine_max_delta_during_training"] > 0
@@ -70,48 +75,79 @@ def check_colocate_run(summary: dict, settings: dict) -> None:
 
 
 COLOCATE_RUNS = [(trainer, dataset) for trainer in ("grpo", "rloo") for dataset in ("plain", "chat")]
-RUN_MARKER = "[trainer_run] run {} starts"  # what trainer_run.py writes to stderr before each of several runs
+IMAGES_RUN = ("grpo", "images")
+IMAGES_TEST = "test_grpo_colocate_on_images_hands_vllm_each_prompt_with_its_image"
+RUN_MARKER = "[trainer_run] run {} starts"  # what trainer_run.py writes to stderr and stdout before each of several runs
+
+
+def images_in_the_shared_child(session: pytest.Session, context) -> bool:
+    """Whether the images run (the LLaVA) is the shared child's last run, with an engine of its own: on the CPU lane,
+    when its test is selected, not in an xdist worker. That saves it an interpreter of its own (12-16 CPU seconds
+    of imports on these CPUs). On the CUDA lane it keeps its own child: two engines built one after the other in one
+    process on one GPU have not been measured there. Under xdist a worker's items are the whole selection, not the
+    tests it will run, so a worker could not tell whether the images test is its own."""
+    return (context.lane == "cpu" and not os.environ.get("PYTEST_XDIST_WORKER")
+            and any(getattr(item, "originalname", "") == IMAGES_TEST for item in session.items))
+
+
+def run_spec(trainer: str, dataset: str, **settings) -> dict:
+    return {"trainer": trainer, "dataset": dataset, "steps": STEPS, **settings}
 
 
 @pytest.fixture(scope="module")
-def colocate_trainer_outcomes(vllmcompat_context, vllm_engine_host, vllm_model_dir, tmp_path_factory) -> dict:
+def colocate_trainer_outcomes(request, vllmcompat_context, vllm_engine_host, vllm_model_dir, tmp_path_factory) -> dict:
     """The four runs of test_trainer_colocate_trains_and_the_engine_follows in one child with one engine
     (trainer_run.py, pytest_vllmcompat/testing/shared_engine.py): their trainers ask for the same engine, so it is
-    started once and each run begins on the checkpoint's weights. {"runs": {(trainer, dataset): outcome, each with
-    its own part of the child's stderr}, "engines": how many engines the child built, "child_seconds"}."""
+    started once and each run begins on the checkpoint's weights; then, where images_in_the_shared_child, the
+    images run with an engine of its own. {"runs": {(trainer, dataset): outcome, each with its own part of the
+    child's stderr and stdout}, "engines": how many engines the child built, "child_seconds"}."""
     out = tmp_path_factory.mktemp("colocate-trainers")
     gpu = colocate_gpu(vllmcompat_context)
+    runs = {key: run_spec(*key, **RUN_SETTINGS.get(key, {})) for key in COLOCATE_RUNS}
+    if images_in_the_shared_child(request.session, vllmcompat_context):
+        runs[IMAGES_RUN] = run_spec(*IMAGES_RUN, model=str(request.getfixturevalue("tiny_vlm_dir")), own_engine=True)
     spec = {"mode": "colocate", "lane": vllmcompat_context.lane, "model": str(vllm_model_dir), "out": str(out),
-            "runs": [{"trainer": t, "dataset": d, "steps": 2, **RUN_SETTINGS.get((t, d), {})} for t, d in COLOCATE_RUNS]}
+            "runs": list(runs.values())}
     child = trainer_child("colocate-trainers", spec, out, trainer_env(gpu))
     child.start()
     done = child.wait()
     printed = last_line(done, "the colocate trainer runs")
-    parts = [done.stderr.split(RUN_MARKER.format(i), 1)[-1].split(RUN_MARKER.format(i + 1), 1)[0]
-             for i in range(len(COLOCATE_RUNS))]
+
+    def part(stream: str, i: int) -> str:
+        return stream.split(RUN_MARKER.format(i), 1)[-1].split(RUN_MARKER.format(i + 1), 1)[0]
+
+    logged = done.stdout.rstrip().rpartition("\n")[0]  # what vLLM logged: stdout without the outcomes' JSON line
     outcomes = {}
-    for key, outcome in zip(COLOCATE_RUNS, printed["outcomes"]):
+    for i, (key, outcome) in enumerate(zip(runs, printed["outcomes"])):
         # a run that got the shared engine's failure shows the output of the run whose build failed
-        outcome["stderr"] = parts[outcome.get("engine_failed_in", COLOCATE_RUNS.index(key))][-4000:]
+        shown = outcome.get("engine_failed_in", i)
+        outcome["stderr"], outcome["stdout"] = part(done.stderr, shown)[-4000:], part(logged, shown)
         outcomes[key] = outcome
     return {"runs": outcomes, "engines": printed["engines_built"], "child_seconds": done.seconds}
+
+
+def shared_child_summary(outcomes: dict, key: tuple, vllm_measure) -> dict:
+    """The summary of one run of the shared colocate child; its skip, or a failure with what it raised, its output
+    (stderr) and the errors vLLM logged (stdout)."""
+    outcome = outcomes["runs"][key]
+    vllm_measure("trainer_child_seconds", outcomes["child_seconds"])
+    if "skip" in outcome:
+        pytest.skip(outcome["skip"])
+    if "error" in outcome:
+        pytest.fail(f"{key[0]} ({key[1]}) in colocate mode raised:\n{outcome['error'][-4000:]}\n--- its output "
+                    f"(stderr) ---\n{outcome['stderr']}" + trainer_children.logged_errors(outcome["stdout"]), pytrace=False)
+    print(json.dumps(outcome["summary"]))
+    return outcome["summary"]
 
 
 @colocate
 @pytest.mark.parametrize("dataset", ["plain", "chat"])
 @pytest.mark.parametrize("trainer", ["grpo", "rloo"])
 def test_trainer_colocate_trains_and_the_engine_follows(colocate_trainer_outcomes, trainer, dataset, vllm_measure):
-    settings = RUN_SETTINGS.get((trainer, dataset), {})
-    outcome = colocate_trainer_outcomes["runs"][(trainer, dataset)]
-    vllm_measure("trainer_child_seconds", colocate_trainer_outcomes["child_seconds"])
-    if "skip" in outcome:
-        pytest.skip(outcome["skip"])
-    if "error" in outcome:
-        pytest.fail(f"{trainer} ({dataset}) in colocate mode raised:\n{outcome['error'][-4000:]}\n--- its output "
-                    f"(stderr) ---\n{outcome['stderr']}", pytrace=False)
-    print(json.dumps(outcome["summary"]))
-    check_colocate_run(outcome["summary"], settings)
-    assert colocate_trainer_outcomes["engines"] == 1, "the four runs ask for one engine configuration: one engine"
+    summary = shared_child_summary(colocate_trainer_outcomes, (trainer, dataset), vllm_measure)
+    check_colocate_run(summary, RUN_SETTINGS.get((trainer, dataset), {}))
+    assert colocate_trainer_outcomes["runs"][(trainer, dataset)]["engine"] == 1, (
+        "the four runs ask for one engine configuration: the child's first engine serves all four")
 
 
 @colocate
@@ -125,19 +161,26 @@ def test_trainer_colocate_with_the_transformers_model_impl(transformers_impl_run
 
 
 @colocate
-def test_grpo_colocate_on_images_hands_vllm_each_prompt_with_its_image(vllm_engine_host, tiny_vlm_dir, tmp_path,
-                                                                      colocate_trainer_gpu):
+def test_grpo_colocate_on_images_hands_vllm_each_prompt_with_its_image(request, vllmcompat_context, vllm_engine_host,
+                                                                      tiny_vlm_dir, tmp_path, colocate_trainer_gpu,
+                                                                      vllm_measure):
     """A vision-language dataset (an `image` column, conversational prompts) on the tiny LLaVA: GRPO must train and
     the engine follow the weights as with the text model (the LLaVA's language-model weights reach vLLM under its
     own names), and every prompt the trainer hands vLLM must carry its own row's image and become, in vLLM's
     prompt, exactly the image's 16 tokens per image (vLLM expands one `<image>` placeholder itself). TRL 0.28.0 and
     0.29.0 go through LLM.chat with `image_pil` parts; 0.29.1 tokenizes with the processor, which already expanded
     the placeholder, and hands vLLM those ids plus the image (matrix known failure). Server mode is not run with
-    images: it would need a second server for the LLaVA (one more start-up per cell)."""
+    images: it would need a second server for the LLaVA (one more start-up per cell). The run is the shared
+    colocate child's last on the CPU lane (images_in_the_shared_child), in a child of its own on the CUDA lane."""
     from pytest_vllmcompat.testing.tiny_vlm import TINY_VISION_SPEC
 
-    summary = run_trainer({"trainer": "grpo", "dataset": "images", "model": str(tiny_vlm_dir), "steps": 2}, tmp_path,
-                          colocate_trainer_gpu)
+    if images_in_the_shared_child(request.session, vllmcompat_context):
+        outcomes = request.getfixturevalue("colocate_trainer_outcomes")
+        summary = shared_child_summary(outcomes, IMAGES_RUN, vllm_measure)
+        assert outcomes["runs"][IMAGES_RUN]["engine"] != outcomes["runs"][COLOCATE_RUNS[0]]["engine"], (
+            "the images run asks for an engine of its own, not the text runs' one")
+    else:
+        summary = run_trainer(run_spec(*IMAGES_RUN, model=str(tiny_vlm_dir)), tmp_path, colocate_trainer_gpu)
     check_colocate_run(summary, {})
     handed = summary["engine_inputs"]
     assert len(handed) == 2 * trainer_run.GENERATIONS, handed  # one prompt x 4 generations per step
@@ -183,7 +226,7 @@ def test_grpo_colocate_under_fsdp_trains_and_the_engine_follows(vllm_model_dir, 
     CPU), and TRL's FSDP2 sync moves CPU parameters to "cuda"."""
     summary = run_trainer({"trainer": "grpo", "dataset": "plain", "model": str(vllm_model_dir), "steps": 2,
                            "fsdp": fsdp}, tmp_path, gh.visible_gpus()[-1])
-    check_colocate_run(summary, {})
+    check_colocate_run(summary, {}, single_process=False)
 
 
 @pytest.mark.gpu(n=1)
@@ -197,7 +240,7 @@ def test_grpo_colocate_under_zero3_trains_and_the_engine_follows(vllm_model_dir,
     summary = run_trainer({"trainer": "grpo", "dataset": "plain", "model": str(vllm_model_dir), "steps": 2,
                            "zero3": True}, tmp_path, gh.visible_gpus()[-1])
     assert summary["zero_stage"] == 3 and summary["zero3_partitioned"], summary  # DeepSpeed really sharded them
-    check_colocate_run(summary, {})
+    check_colocate_run(summary, {}, single_process=False)
 
 
 @pytest.mark.gpu(n=1)

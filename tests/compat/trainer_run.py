@@ -10,6 +10,7 @@ real, and the server's greedy output must follow the trained weights.
 Usage: python trainer_run.py '{"mode": "colocate", "trainer": "grpo", "dataset": "plain"|"chat"|"images", "model": DIR,
                                ...}'   (optional: "lora", "model_impl", "sleep_mode", "fsdp": 1|2, "zero3", "bnb": QLoRA)
        python trainer_run.py '{"mode": "colocate", "model": DIR, "out": DIR, "runs": [{"trainer": ..., "dataset": ...}, ...]}'
+                              (a run may add "model": DIR and "own_engine": true: an engine of its own, after the others)
        python trainer_run.py '{"mode": "server", "lane": "cpu"|"cuda", "base_url": URL, "model": DIR, "out": DIR,
                                "runs": [{"trainer": ..., "dataset": ..., "tools": bool}, ...]}'
 A single colocate run asserts inside; several colocate runs, and server runs, report each run's outcome (summary,
@@ -320,27 +321,40 @@ def colocate_main(spec):
 
 def colocate_runs_main(spec):
     """Several colocate runs in this one process, one engine for all (pytest_vllmcompat/testing/shared_engine.py:
-    they ask for the same engine; each run starts it on the checkpoint's weights). Each run's outcome: its summary,
-    a skip, or the traceback of what raised; a line "[trainer_run] run K starts" on stderr before each, so that
-    the test can show each run's own output."""
+    they ask for the same engine; each run starts it on the checkpoint's weights); a run with "own_engine" (another
+    model, after the runs that share) gets a new one. Each run's outcome: its summary, a skip, or the traceback of
+    what raised, and which engine it had (1, 2, ...: the build it got); a line "[trainer_run] run K starts" on
+    stderr and stdout (vLLM logs to stdout) before each, so that the test can show each run's own output."""
     import gc
     import traceback
 
     from pytest_vllmcompat.testing.shared_engine import SharedEngineFailed, share_engine
 
     shared = share_engine(Path(spec["model"]))
+    # Each run starts with the environment a fresh child would have. TRL's colocate VLLMGeneration sets RANK,
+    # LOCAL_RANK and WORLD_SIZE in os.environ for vLLM; left set, the next run's accelerate takes a CPU process with
+    # LOCAL_RANK for a distributed one (MULTI_CPU) and wraps the model in DDP, which a user's single process is not
+    # (measured: the LLaVA's unused vision-tower layer then fails DDP's reduction check).
+    fresh_environment = dict(os.environ)
     outcomes = []
     for i, run in enumerate(spec["runs"]):
         shared.run = i
-        print(f"[trainer_run] run {i} starts", file=sys.stderr, flush=True)
+        os.environ.clear()
+        os.environ.update(fresh_environment)
+        if run.get("own_engine"):
+            shared.release(Path(run.get("model", spec["model"])))
+            gc.collect()  # the dropped engine (its KV cache) before the next one is built
+        for stream in (sys.stderr, sys.stdout):
+            print(f"[trainer_run] run {i} starts", file=stream, flush=True)
         try:
-            outcomes.append({"summary": colocate_run({**spec, **run, "out": os.path.join(spec["out"], str(i))})})
+            outcome = {"summary": colocate_run({**spec, **run, "out": os.path.join(spec["out"], str(i))})}
         except NotApplicable as exc:
-            outcomes.append({"skip": str(exc)})
+            outcome = {"skip": str(exc)}
         except SharedEngineFailed as exc:
-            outcomes.append({"error": traceback.format_exc(), "engine_failed_in": exc.failed_in})
+            outcome = {"error": traceback.format_exc(), "engine_failed_in": exc.failed_in}
         except Exception:
-            outcomes.append({"error": traceback.format_exc()})
+            outcome = {"error": traceback.format_exc()}
+        outcomes.append({**outcome, "engine": shared.built})
         gc.collect()  # the finished run's trainer (its model, optimizer); the engine stays
     print(json.dumps({"outcomes": outcomes, "engines_built": shared.built, "engines_reused": shared.reused}), flush=True)
     os._exit(0)
@@ -412,6 +426,8 @@ def colocate_run(spec):
                           "model_impl": str(getattr(config.model_config.model_impl, "value",
                                                     config.model_config.model_impl)),
                           "gpu_memory_utilization": config.cache_config.gpu_memory_utilization},
+        # what accelerate made of this process: "NO" (not distributed) for a plain single-process run
+        "distributed_type": str(getattr(trainer.accelerator.distributed_type, "value", trainer.accelerator.distributed_type)),
         "trl": trl.__version__, "trainer": kind, "dataset": spec["dataset"], "tools": bool(spec.get("tools")),
         "lora": bool(spec.get("lora")), "peft_model": type(trainer.accelerator.unwrap_model(trainer.model)).__name__,
         "watched": name,

@@ -50,3 +50,23 @@ def test_a_failed_build_is_not_retried_and_names_the_run_that_holds_its_output(e
     with pytest.raises(SharedEngineFailed, match=r"failed to start in run 0: RuntimeError: Engine core") as info:
         shared(model="m", fail=True)
     assert info.value.failed_in == 0 and Built.count == 1 and not resets
+
+
+def test_a_run_with_an_engine_of_its_own_gets_a_new_one_after_release(engine, tmp_path):
+    shared, resets = engine
+    first = shared(model="m", fail=False)
+    shared.run = 4
+    shared.release(tmp_path / "llava")
+    second = shared(model="llava")  # other arguments: allowed after release, built fresh (not reset)
+    assert second is not first and (Built.count, shared.built, shared.reused) == (2, 2, 0) and not resets
+    shared.run = 5
+    assert shared(model="llava") is second and resets == [(second, tmp_path / "llava")]  # its own checkpoint
+
+
+def test_release_clears_a_failed_build(engine, tmp_path):
+    shared, _ = engine
+    with pytest.raises(RuntimeError):
+        shared(model="m", fail=True)
+    shared.release(tmp_path)
+    shared(model="llava")
+    assert shared.built == 1 and shared.failed is None
