@@ -51,6 +51,7 @@ from .measure import (
     harness,
     load_average,
     model_path,
+    nox_command,
 )
 
 
@@ -72,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--whole-cell", action="store_true", help="time the whole cell (nox -R -s SESSION) by phase "
                     "instead of the smoke runs and env timings")
     args = ap.parse_args(argv)
+    if args.whole_cell or not args.no_env:
+        nox_command()  # refuse now, not after the floor's engines were measured
     # SIGTERM (e.g. a CI timeout) unwinds like Ctrl-C, so every `finally` stops the process group it started.
     signal.signal(signal.SIGTERM, _interrupt)
 

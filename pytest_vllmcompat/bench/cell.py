@@ -16,10 +16,9 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 from pathlib import Path
 
-from .measure import run_timed
+from .measure import nox_command, run_timed
 
 SERVER_CHILD_PHASE = "server trainer runs (waiting on their child)"
 # (phase, nodeid pattern): the first matching phase takes a test.
@@ -35,8 +34,7 @@ PHASES = (
 def whole_cell(session: str, workdir: Path, caches: dict[str, str]) -> dict:
     """Run the cell once (with these compile-cache variables); its wall time, peak memory, phases, start-ups."""
     results = workdir / f"cell-results-{len(list(workdir.glob('cell-results-*')))}"
-    nox = shutil.which("nox") or "nox"
-    r = run_timed([nox, "-R", "-s", session, "--", "--vllm-results", str(results)], env={**os.environ, **caches},
+    r = run_timed([nox_command(), "-R", "-s", session, "--", "--vllm-results", str(results)], env={**os.environ, **caches},
                   log=workdir / f"{results.name}.log")
     files = sorted(results.glob("*.json"))
     if not files:

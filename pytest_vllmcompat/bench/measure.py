@@ -26,6 +26,17 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 DEFAULT_ENV = ROOT / ".nox" / "vllm-0-11-1-tf4"
 DEFAULT_SESSION = "vllm-0.11.1(tf4)"
 
+
+def nox_command() -> str:
+    """The nox that runs the cells: the one installed beside this interpreter (the project's venv), else the one
+    on PATH; a clear exit, before anything is measured, where there is none."""
+    beside = Path(sys.executable).with_name("nox")
+    found = str(beside) if beside.is_file() else shutil.which("nox")
+    if found is None:
+        raise SystemExit(f"nox is neither beside {sys.executable} nor on PATH: install it in the environment "
+                         "that runs the benchmark (pip install -e '.[dev]')")
+    return found
+
 # The engine TRL's colocate mode builds (trl/generation/vllm_generation.py, VLLMGeneration defaults, 1 process),
 # with the harness's max_model_length. No TRL import: this is the floor.
 FLOOR_COLOCATE = r'''
@@ -181,7 +192,7 @@ def env_creation(session: str, workdir: Path, *, cold: bool) -> dict:
     """Environment creation alone (`nox --install-only`: venv, install plan, CPU identity step) into a scratch
     --envdir, warm (the user's uv cache) and, with cold=True, with an empty uv cache (everything downloaded);
     then `nox -R` reuse of the warm env up to pytest's collection."""
-    nox = shutil.which("nox") or "nox"
+    nox = nox_command()
     tail = ["-s", session, "--", "--co", "-q", "--vllm-results", str(workdir / "nox-res")]
     out: dict = {}
     for name in (["cold"] if cold else []) + ["warm"]:

@@ -25,7 +25,8 @@ from .executor import release_watchdog, start_watchdog, stop_group, wait_until
 @dataclass(frozen=True)
 class Finished:
     """How a background child ended: its exit code (None: it ran past its timeout and was stopped), its whole
-    stdout and stderr, and its wall time from start to end."""
+    stdout and stderr, and its wall time from start to end (for a child that had ended before anyone waited: to
+    its last output, not to the wait)."""
     returncode: int | None
     stdout: str
     stderr: str
@@ -47,7 +48,7 @@ class BackgroundChild:
         self.proc: subprocess.Popen | None = None
         self._watchdog: subprocess.Popen | None = None
         self._files: list[IO[bytes]] = []
-        self._started_at = 0.0
+        self._started_at = self._started_wall = 0.0
         self._finished: Finished | None = None
 
     @property
@@ -59,7 +60,7 @@ class BackgroundChild:
             raise RuntimeError(f"{self.name} already started")
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._files = [open(self.out_dir / f"{self.name}.{part}", "wb") for part in ("stdout", "stderr")]
-        self._started_at = time.monotonic()
+        self._started_at, self._started_wall = time.monotonic(), time.time()
         try:
             self.proc = subprocess.Popen(self.argv, stdout=self._files[0], stderr=self._files[1],
                                          stdin=subprocess.DEVNULL, start_new_session=True, env=self.env, cwd=self.cwd)
@@ -75,12 +76,15 @@ class BackgroundChild:
         if self.proc is None:
             raise RuntimeError(f"{self.name}: start() first")
         proc = self.proc
+        ended_before = proc.poll() is not None
         left = self._started_at + self.timeout - time.monotonic()
         ended = wait_until(lambda: proc.poll() is not None, max(0.0, left), interval=0.1)
         self.stop()  # a grandchild may outlive the leader; nothing is left either way
         seconds = round(time.monotonic() - self._started_at, 1)
-        stdout, stderr = ((self.out_dir / f"{self.name}.{part}").read_text(errors="replace")
-                          for part in ("stdout", "stderr"))
+        paths = [self.out_dir / f"{self.name}.{part}" for part in ("stdout", "stderr")]
+        if ended_before:  # when it ended is not known; its last write (the trainer children print last) is close
+            seconds = round(min(seconds, max(p.stat().st_mtime for p in paths) - self._started_wall), 1)
+        stdout, stderr = (p.read_text(errors="replace") for p in paths)
         self._finished = Finished(proc.returncode if ended else None, stdout, stderr, seconds)
         return self._finished
 

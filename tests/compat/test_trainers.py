@@ -5,12 +5,12 @@ Colocate: runs happen in child interpreters (trainer_run.py next to this file, r
 colocate engine lives in its process with torch.distributed state, and the session's `colocate_generator` may
 already hold one in this pytest process. The four GRPO/RLOO x plain/chat runs share one child and one engine
 (their trainers ask for the same one; pytest_vllmcompat/testing/shared_engine.py resets it to the checkpoint's
-weights between runs); on the CPU lane the LLaVA's images run comes after them in that child, with an engine of
-its own (images_in_the_shared_child); any other run whose engine differs (another model implementation, sleep
-mode, FSDP, ZeRO-3, QLoRA) has a child of its own. Checked inside trainer_run.py: the engine starts on the checkpoint's
-weights; training changes the HF weights; the engine's weights change during training (TRL syncs before each
-step's generation); after a final sync_weights() the engine holds exactly the trained weights (bf16 rounding)
-and its greedy output changed.
+weights between runs); on the CPU lane the tools run comes after them in that child on the same engine, then the
+LLaVA's images run with an engine of its own (in_the_shared_child); any other run whose engine differs (another
+model implementation, sleep mode, FSDP, ZeRO-3, QLoRA) has a child of its own. Checked inside trainer_run.py: the
+engine starts on the checkpoint's weights; training changes the HF weights; the engine's weights change during
+training (TRL syncs before each step's generation); after a final sync_weights() the engine holds exactly the
+trained weights (bf16 rounding) and its greedy output changed.
 
 Server: all server runs share one child (no engine lives there) and talk to a real `trl vllm-serve` with the
 arguments the trainers choose; every request is recorded and checked against the trainer's settings. On the CPU
@@ -77,34 +77,44 @@ def check_colocate_run(summary: dict, settings: dict, single_process: bool = Tru
 COLOCATE_RUNS = [(trainer, dataset) for trainer in ("grpo", "rloo") for dataset in ("plain", "chat")]
 IMAGES_RUN = ("grpo", "images")
 IMAGES_TEST = "test_grpo_colocate_on_images_hands_vllm_each_prompt_with_its_image"
+TOOLS_RUN = ("grpo", "tools")  # GRPO on conversational prompts with tools=[get_time]: the four runs' engine
+TOOLS_TEST = "test_grpo_with_tools_colocate"
 RUN_MARKER = "[trainer_run] run {} starts"  # what trainer_run.py writes to stderr and stdout before each of several runs
 
 
-def images_in_the_shared_child(session: pytest.Session, context) -> bool:
-    """Whether the images run (the LLaVA) is the shared child's last run, with an engine of its own: on the CPU lane,
-    when its test is selected, not in an xdist worker. That saves it an interpreter of its own (12-16 CPU seconds
-    of imports on these CPUs). On the CUDA lane it keeps its own child: two engines built one after the other in one
-    process on one GPU have not been measured there. Under xdist a worker's items are the whole selection, not the
-    tests it will run, so a worker could not tell whether the images test is its own."""
+def in_the_shared_child(session: pytest.Session, context, test: str) -> bool:
+    """Whether the run of `test` (TOOLS_TEST, IMAGES_TEST) is a run of the shared colocate child, after the four:
+    the tools run on their engine (it asks for the same one), then the images run (the LLaVA) with an engine of
+    its own. On the CPU lane, when that test is selected, not in an xdist worker. That saves the tools run an
+    interpreter and an engine start (45-55 s of a tf5 cell on these CPUs) and the images run an interpreter
+    (12-16 CPU seconds of imports). On the CUDA lane each keeps its own child: two engines built one after the other
+    in one process on one GPU have not been measured there, nor the tools run on a shared engine. Under xdist a
+    worker's items are the whole selection, not the tests it will run, so a worker could not tell whether the test
+    is its own."""
     return (context.lane == "cpu" and not os.environ.get("PYTEST_XDIST_WORKER")
-            and any(getattr(item, "originalname", "") == IMAGES_TEST for item in session.items))
+            and any(getattr(item, "originalname", "") == test for item in session.items))
 
 
 def run_spec(trainer: str, dataset: str, **settings) -> dict:
     return {"trainer": trainer, "dataset": dataset, "steps": STEPS, **settings}
 
 
+TOOLS_SPEC = run_spec("grpo", "chat", tools=True)
+
+
 @pytest.fixture(scope="module")
 def colocate_trainer_outcomes(request, vllmcompat_context, vllm_engine_host, vllm_model_dir, tmp_path_factory) -> dict:
     """The four runs of test_trainer_colocate_trains_and_the_engine_follows in one child with one engine
     (trainer_run.py, pytest_vllmcompat/testing/shared_engine.py): their trainers ask for the same engine, so it is
-    started once and each run begins on the checkpoint's weights; then, where images_in_the_shared_child, the
-    images run with an engine of its own. {"runs": {(trainer, dataset): outcome, each with its own part of the
-    child's stderr and stdout}, "engines": how many engines the child built, "child_seconds"}."""
+    started once and each run begins on the checkpoint's weights; then, where in_the_shared_child, the tools run
+    on that engine and the images run with an engine of its own. {"runs": {(trainer, dataset): outcome, each with
+    its own part of the child's stderr and stdout, and which engine (1, 2, ...) its run had}, "child_seconds"}."""
     out = tmp_path_factory.mktemp("colocate-trainers")
     gpu = colocate_gpu(vllmcompat_context)
     runs = {key: run_spec(*key, **RUN_SETTINGS.get(key, {})) for key in COLOCATE_RUNS}
-    if images_in_the_shared_child(request.session, vllmcompat_context):
+    if in_the_shared_child(request.session, vllmcompat_context, TOOLS_TEST) and transformers_5():
+        runs[TOOLS_RUN] = TOOLS_SPEC  # below transformers 5 its test skips before asking
+    if in_the_shared_child(request.session, vllmcompat_context, IMAGES_TEST):
         runs[IMAGES_RUN] = run_spec(*IMAGES_RUN, model=str(request.getfixturevalue("tiny_vlm_dir")), own_engine=True)
     spec = {"mode": "colocate", "lane": vllmcompat_context.lane, "model": str(vllm_model_dir), "out": str(out),
             "runs": list(runs.values())}
@@ -123,7 +133,7 @@ def colocate_trainer_outcomes(request, vllmcompat_context, vllm_engine_host, vll
         shown = outcome.get("engine_failed_in", i)
         outcome["stderr"], outcome["stdout"] = part(done.stderr, shown)[-4000:], part(logged, shown)
         outcomes[key] = outcome
-    return {"runs": outcomes, "engines": printed["engines_built"], "child_seconds": done.seconds}
+    return {"runs": outcomes, "child_seconds": done.seconds}
 
 
 def shared_child_summary(outcomes: dict, key: tuple, vllm_measure) -> dict:
@@ -171,10 +181,10 @@ def test_grpo_colocate_on_images_hands_vllm_each_prompt_with_its_image(request, 
     0.29.0 go through LLM.chat with `image_pil` parts; 0.29.1 tokenizes with the processor, which already expanded
     the placeholder, and hands vLLM those ids plus the image (matrix known failure). Server mode is not run with
     images: it would need a second server for the LLaVA (one more start-up per cell). The run is the shared
-    colocate child's last on the CPU lane (images_in_the_shared_child), in a child of its own on the CUDA lane."""
+    colocate child's last on the CPU lane (in_the_shared_child), in a child of its own on the CUDA lane."""
     from pytest_vllmcompat.testing.tiny_vlm import TINY_VISION_SPEC
 
-    if images_in_the_shared_child(request.session, vllmcompat_context):
+    if in_the_shared_child(request.session, vllmcompat_context, IMAGES_TEST):
         outcomes = request.getfixturevalue("colocate_trainer_outcomes")
         summary = shared_child_summary(outcomes, IMAGES_RUN, vllm_measure)
         assert outcomes["runs"][IMAGES_RUN]["engine"] != outcomes["runs"][COLOCATE_RUNS[0]]["engine"], (
@@ -268,15 +278,23 @@ def skip_unless_transformers_5():
 
 
 @colocate
-def test_grpo_with_tools_colocate(vllm_engine_host, vllm_model_dir, tmp_path, colocate_trainer_gpu):
+def test_grpo_with_tools_colocate(request, vllmcompat_context, vllm_engine_host, vllm_model_dir, tmp_path,
+                                  colocate_trainer_gpu, vllm_measure):
     """GRPOTrainer(tools=[get_time]) on conversational prompts, as a user gets it: the tiny model's chat template is
     not one TRL knows, so the run sets `tokenizer.response_schema = qwen3_schema`, exactly what TRL's
     add_response_schema() does for a Qwen3 tokenizer. (The tiny model never emits a tool call: this covers the
     tool-enabled generation/parsing path, not tool execution.) On transformers 5.24 this fails at the first
-    generation: TRL sets `response_schema`, transformers reads `response_template` (matrix known failure)."""
+    generation: TRL sets `response_schema`, transformers reads `response_template` (matrix known failure). On the
+    CPU lane the run is one of the shared colocate child's, on the four runs' engine (in_the_shared_child)."""
     skip_unless_transformers_5()
-    summary = run_trainer({"trainer": "grpo", "dataset": "chat", "tools": True, "model": str(vllm_model_dir),
-                           "steps": 2}, tmp_path, colocate_trainer_gpu)
+    if in_the_shared_child(request.session, vllmcompat_context, TOOLS_TEST):
+        outcomes = request.getfixturevalue("colocate_trainer_outcomes")
+        summary = shared_child_summary(outcomes, TOOLS_RUN, vllm_measure)
+        assert outcomes["runs"][TOOLS_RUN]["engine"] == outcomes["runs"][COLOCATE_RUNS[0]]["engine"], (
+            "tools change nothing in the engine TRL asks for: the tools run shares the four runs' engine")
+        assert summary["distributed_type"] == "NO", f"accelerate took this run for {summary['distributed_type']}"
+    else:
+        summary = run_trainer({**TOOLS_SPEC, "model": str(vllm_model_dir)}, tmp_path, colocate_trainer_gpu)
     assert summary["global_step"] == 2 and summary["engine_matches_trained"]
 
 

@@ -356,7 +356,7 @@ def colocate_runs_main(spec):
             outcome = {"error": traceback.format_exc()}
         outcomes.append({**outcome, "engine": shared.built})
         gc.collect()  # the finished run's trainer (its model, optimizer); the engine stays
-    print(json.dumps({"outcomes": outcomes, "engines_built": shared.built, "engines_reused": shared.reused}), flush=True)
+    print(json.dumps({"outcomes": outcomes}), flush=True)
     os._exit(0)
 
 

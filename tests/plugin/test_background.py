@@ -34,6 +34,17 @@ def test_it_runs_while_the_caller_goes_on_and_wait_returns_its_exit_output_and_t
     assert proc.wait() is done  # idempotent
 
 
+def test_a_child_that_ended_before_the_wait_is_timed_to_its_end_not_to_the_wait(tmp_path):
+    proc = child(tmp_path, "print('done')")
+    proc.start()
+    deadline = time.monotonic() + 20
+    while proc.proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(2.0)  # the caller is busy elsewhere
+    done = proc.wait()
+    assert done.stdout == "done\n" and 0 <= done.seconds < 1.9, done.seconds
+
+
 def test_a_child_past_its_timeout_is_stopped_with_its_whole_group(tmp_path):
     pids = tmp_path / "pids"
     code = ("import subprocess, sys, time, pathlib; "
