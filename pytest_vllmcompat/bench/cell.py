@@ -34,8 +34,8 @@ PHASES = (
 def whole_cell(session: str, workdir: Path, caches: dict[str, str]) -> dict:
     """Run the cell once (with these compile-cache variables); its wall time, peak memory, phases, start-ups."""
     results = workdir / f"cell-results-{len(list(workdir.glob('cell-results-*')))}"
-    r = run_timed([nox_command(), "-R", "-s", session, "--", "--vllm-results", str(results)], env={**os.environ, **caches},
-                  log=workdir / f"{results.name}.log")
+    r = run_timed([nox_command(), "-R", "-s", session, "--", "--vllm-results", str(results)],
+                  env={**os.environ, **caches}, log=workdir / f"{results.name}.log")
     files = sorted(results.glob("*.json"))
     if not files:
         raise SystemExit(f"the cell wrote no results (exit {r['rc']}):\n{r['tail']}")

@@ -56,10 +56,15 @@ def run_trainer(spec: dict, tmp_path, gpu: str | None = None) -> dict:
 RUN_SETTINGS = {("grpo", "plain"): {"lora": True}}
 
 
+def check_single_process(summary: dict) -> None:
+    """Not under FSDP or DeepSpeed: as a user's plain run, accelerate must see no distributed one (a run after
+    another in the shared child once did: TRL's VLLMGeneration had left LOCAL_RANK in os.environ)."""
+    assert summary["distributed_type"] == "NO", f"accelerate took this run for {summary['distributed_type']}"
+
+
 def check_colocate_run(summary: dict, settings: dict, single_process: bool = True) -> None:
-    if single_process:  # not under FSDP or DeepSpeed: as a user's plain run, accelerate must see no distributed one
-        # (a run after another in the shared child once did: TRL's VLLMGeneration had left LOCAL_RANK in os.environ)
-        assert summary["distributed_type"] == "NO", f"accelerate took this run for {summary['distributed_type']}"
+    if single_process:
+        check_single_process(summary)
     assert summary["peft_model"].startswith("Peft") == bool(settings.get("lora")), summary["peft_model"]
     assert summary["global_step"] == 2
     assert summary["hf_max_delta"] > 0 and summary["engine_max_delta_during_training"] > 0
@@ -292,7 +297,7 @@ def test_grpo_with_tools_colocate(request, vllmcompat_context, vllm_engine_host,
         summary = shared_child_summary(outcomes, TOOLS_RUN, vllm_measure)
         assert outcomes["runs"][TOOLS_RUN]["engine"] == outcomes["runs"][COLOCATE_RUNS[0]]["engine"], (
             "tools change nothing in the engine TRL asks for: the tools run shares the four runs' engine")
-        assert summary["distributed_type"] == "NO", f"accelerate took this run for {summary['distributed_type']}"
+        check_single_process(summary)
     else:
         summary = run_trainer({**TOOLS_SPEC, "model": str(vllm_model_dir)}, tmp_path, colocate_trainer_gpu)
     assert summary["global_step"] == 2 and summary["engine_matches_trained"]
