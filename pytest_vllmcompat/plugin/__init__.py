@@ -28,7 +28,7 @@ from .context import build as build_context
 from .fixtures import (  # noqa: F401  (fixtures are registered by being in this module)
     colocate_generator,
     server_client,
-    start_background_beside_the_engine_tests,
+    start_background_work,
     vllm_backend,
     vllm_engine_host,
     vllm_generator,
@@ -49,8 +49,8 @@ MARKERS = (
     "engine: needs a vLLM engine (added to tests that use vllm_engine_host)",
     "backend: imports the backend's vLLM modules (added to tests that use vllm_backend)",
     f"{selection.BREAKS_SERVER_MARKER}: may leave the session server unusable; runs after every other test",
-    f"{selection.BACKGROUND_MARKER}(fixture): waits on background work the session fixture `fixture` starts at the "
-    "first engine test; runs after the engine tests",
+    f"{selection.BACKGROUND_MARKER}(fixture, beside='engine'): waits on background work the session fixture `fixture` "
+    "starts at the first engine test (beside='server': at the session server's first user); runs after the engine tests",
     f"{selection.FIRST_MARKER}: starts no engine and waits on interpreters of its own; runs first",
     f"{selection.EARLY_SERVER_MARKER}(name, extra=()): uses a `trl vllm-serve` of its own with these extra arguments, "
     "started at collection end on the cpu lane",
@@ -145,7 +145,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """Note the background work the selected tests wait on (started at the first engine test: fixtures.py).
+    """Note the background work the selected tests wait on (started at the first test of its group: fixtures.py).
     When a selected test will use the server, start it now, in the background (servers.py: early start), and on
     the cpu lane the servers of their own that selected tests declare (marker vllm_early_server).
     Not under xdist (which worker runs the server tests is not known here), not with --collect-only, not when

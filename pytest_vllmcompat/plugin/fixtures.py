@@ -9,8 +9,8 @@
   vllm_server           the session's `trl vllm-serve` on a free port, ready on /health/
   server_client         the backend's VLLMClient connected to it
   vllm_generator        mode-agnostic: the colocate engine or the server client, per `vllm_mode`
-  (autouse)             at the first engine test, starts the background work that tests marked
-                        `vllm_background("fixture")` wait on (the named session fixtures), to run beside the engine tests
+  (autouse)             at the first engine test (or the session server's first user), starts the background work
+                        that tests marked `vllm_background("fixture")` wait on (the named session fixtures)
 
 Override one by defining a fixture of the same name in your conftest.py.
 """
@@ -31,7 +31,7 @@ from . import recorded, selection, state
 from .context import Context
 from .servers import ServerFactory, model_dir
 
-__all__ = ["colocate_generator", "server_client", "start_background_beside_the_engine_tests", "vllm_backend",
+__all__ = ["colocate_generator", "server_client", "start_background_work", "vllm_backend",
            "vllm_engine_host", "vllm_generator", "vllm_model_dir", "vllm_server", "vllm_server_factory",
            "vllmcompat_context"]
 
@@ -114,19 +114,22 @@ def vllm_measure(request: pytest.FixtureRequest) -> Any:
 
 
 @pytest.fixture(autouse=True)
-def start_background_beside_the_engine_tests(request: pytest.FixtureRequest) -> None:
-    """At the first test of the engine-test group (selection.run_order): request the session fixtures named by the
-    selected tests' `vllm_background` markers, which start their work without waiting for it, so that it runs
-    beside the engine tests. Such a fixture's error is not this test's: pytest keeps it and raises it again in
-    the tests that wait on that fixture. A name no fixture visible here has is the suite's bug, raised here
-    (the fixture must be visible to every module: a conftest.py or a plugin)."""
+def start_background_work(request: pytest.FixtureRequest) -> None:
+    """At the first test of the group a selected test's `vllm_background` marker names (selection.BESIDE: the
+    engine tests, or the session server's users), or of a later group when that one has no test: request the
+    named session fixture, which starts its work without waiting for it, so that the work runs beside that group
+    and the ones after it. Such a fixture's error is not this test's: pytest keeps it and raises it again in the
+    tests that wait on that fixture. A name no fixture visible here has is the suite's bug, raised here (the
+    fixture must be visible to every module: a conftest.py or a plugin)."""
     if not state.has_state(request.config):
         return
     run = state.of(request.config)
-    if not run.background or selection.group(request.node, run.context.lane) != selection.ENGINE_TESTS:
+    if not run.background:
         return
-    names, run.background = run.background, []
-    for name in names:
+    group = selection.group(request.node, run.context.lane)
+    due = [name for name, start in run.background if start <= group]
+    run.background = [(name, start) for name, start in run.background if start > group]
+    for name in due:
         try:
             request.getfixturevalue(name)
         except pytest.FixtureLookupError:

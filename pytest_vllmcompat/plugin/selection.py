@@ -72,7 +72,9 @@ def select(ctx: Context, items: list[pytest.Item]) -> tuple[list[pytest.Item], l
 
 
 BREAKS_SERVER_MARKER = "breaks_session_server"
-BACKGROUND_MARKER = "vllm_background"  # vllm_background("fixture"): the test waits on work that fixture started
+# vllm_background("fixture", beside="engine"|"server"): the test waits on work that session fixture started at the
+# first engine test (default) or at the first user of the session server (BESIDE)
+BACKGROUND_MARKER = "vllm_background"
 # vllm_early_server(name, extra=(...)): the test uses a `trl vllm-serve` of its own with these extra arguments,
 # which the plugin may start at collection end (servers.py, early start)
 EARLY_SERVER_MARKER = "vllm_early_server"
@@ -82,6 +84,9 @@ FIRST_MARKER = "vllm_first"
 
 # The groups of run_order, in the order they run.
 FIRST, NO_ENGINE, SERVER_USERS, ENGINE_TESTS, AFTER_BACKGROUND, SERVER_BREAKERS = range(6)
+# vllm_background's `beside`: the group at whose first test (or the first later one, when that group has no test
+# selected) the work starts
+BESIDE = {"engine": ENGINE_TESTS, "server": SERVER_USERS}
 
 
 def group(item: pytest.Item, lane: str) -> int:
@@ -108,7 +113,9 @@ def run_order(items: list[pytest.Item], lane: str) -> list[pytest.Item]:
          `vllm_early_server` (the float32 server);
       1. the session server's users (the first one waits for what is left of its start-up);
       2. every other engine test (the colocate engine, trainer runs, servers of their own); the background work
-         of group 3 (marker `vllm_background`) is started at the first of them and runs beside them;
+         of group 3 (marker `vllm_background`) is started at the first of them and runs beside them, or with
+         `beside="server"` at the first of group 1, once the session server is ready (work that mostly waits
+         and uses that server: it then also runs beside the server's users);
       3. tests marked `vllm_background("fixture")`: they wait on that session fixture's background work;
       4. tests marked `breaks_session_server`: they may leave it unusable, so they are its last users.
     Why the colocate engine and the trainer runs do not overlap the servers' start-ups: on a small CPU runner
@@ -127,9 +134,25 @@ def background_fixture(item: pytest.Item) -> str | None:
     return None if marker is None else str(marker.args[0])
 
 
-def background_to_start(items: list[pytest.Item]) -> list[str]:
-    """The fixtures the kept tests' `vllm_background` markers name, once each, in run order."""
-    return list(dict.fromkeys(name for item in items if (name := background_fixture(item)) is not None))
+def background_start(item: pytest.Item) -> int:
+    """The run_order group at whose first test the work of the test's `vllm_background` marker starts."""
+    marker = item.get_closest_marker(BACKGROUND_MARKER)
+    beside = "engine" if marker is None else str(marker.kwargs.get("beside", "engine"))
+    if beside not in BESIDE:
+        raise pytest.UsageError(f"{item.nodeid}: {BACKGROUND_MARKER}(beside={beside!r}): not one of "
+                                f"{', '.join(map(repr, BESIDE))}")
+    return BESIDE[beside]
+
+
+def background_to_start(items: list[pytest.Item]) -> list[tuple[str, int]]:
+    """(fixture, the group whose first test starts it) for the fixtures the kept tests' `vllm_background` markers
+    name, once each, in run order."""
+    found: dict[str, int] = {}
+    for item in items:
+        name = background_fixture(item)
+        if name is not None and name not in found:
+            found[name] = background_start(item)
+    return list(found.items())
 
 
 def early_servers(items: list[pytest.Item], lane: str) -> list[tuple[str, tuple[str, ...]]]:

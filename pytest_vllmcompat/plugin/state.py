@@ -21,7 +21,8 @@ class RunState:
     startups: list[tuple[str, float]] = field(default_factory=list)  # recorded here, not yet reported
     current_test: str | None = None  # node id of the test running now (servers remember where they started)
     started_in: dict[int, str | None] = field(default_factory=dict)  # id(server) -> test it was started in
-    background: list[str] = field(default_factory=list)  # fixtures of background work not yet started
+    # (fixture, run_order group whose first test starts it) of background work not yet started
+    background: list[tuple[str, int]] = field(default_factory=list)
 
     def register(self, server: ServerProcess) -> None:
         self.servers.append(server)

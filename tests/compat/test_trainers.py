@@ -20,9 +20,9 @@ lane"): the weights the trainer pushes are recorded and must be the trained ones
 is real, the server has a GPU of its own (its weights change, so not the session's), and its greedy output must
 follow the training.
 
-Background (CPU lane): the server runs' child and the Transformers-backend colocate run start at the first engine
-test and run beside the engine tests; their tests are marked `vllm_background` and run after those
-(trainer_children.py).
+Background (CPU lane): the server runs' child starts at the session server's first user (once it is ready), the
+Transformers-backend colocate run at the first engine test; both run beside the tests; the tests that wait on them
+are marked `vllm_background` and run after the engine tests (trainer_children.py).
 """
 
 import json
@@ -41,8 +41,9 @@ from pytest_vllmcompat.testing.lane_substitutes import SERVER_WEIGHT_SYNC
 pytestmark = pytest.mark.backend  # the trainers import the backend's vLLM modules
 colocate = pytest.mark.vllm_mode("colocate")
 server = pytest.mark.vllm_mode("server")
-# The server runs' tests wait on their child, which runs beside the engine tests (server_trainer_child).
-server_child = pytest.mark.vllm_background("server_trainer_child")
+# The server runs' tests wait on their child, which runs from the session server's first user on
+# (server_trainer_child).
+server_child = pytest.mark.vllm_background("server_trainer_child", beside="server")
 
 
 def run_trainer(spec: dict, tmp_path, gpu: str | None = None) -> dict:

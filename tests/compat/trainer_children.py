@@ -1,10 +1,11 @@
 """How the suite starts its trainer children (trainer_run.py next to this file), and those that run in the
 background.
 
-Two children run beside the engine tests on the CPU lane (pytest_vllmcompat/process/background.py): the one
-shared by every server-mode trainer run, and the colocate run on vLLM's Transformers backend (an engine of its
-own). Their session fixtures live here and conftest.py makes them visible to every module of the suite, because
-the plugin requests them at the first engine test (whatever its module). The tests that read their outcomes
+Two children run in the background on the CPU lane (pytest_vllmcompat/process/background.py): the one shared by
+every server-mode trainer run, from the session server's first user on (once it is ready), and the colocate run
+on vLLM's Transformers backend (an engine of its own), beside the engine tests. Their session fixtures live here
+and conftest.py makes them visible to every module of the suite, because the plugin requests them at the first
+test of their group (whatever its module). The tests that read their outcomes
 (test_trainers.py) are marked `vllm_background`: they run after the engine tests. On the CUDA lane each starts
 when its test waits: its engine or server takes GPU memory that the engine tests use too.
 
@@ -32,10 +33,13 @@ TIMEOUT = 900  # engine start ~40-60 s on 2 busy cores, training 2 steps < 5 s
 
 # grpo-plain names the server by vllm_server_host + vllm_server_port, the others by vllm_server_base_url; it also
 # evaluates once with num_generations_eval=2 (test_grpo_server_evaluation_uses_num_generations_eval).
-SERVER_RUNS = {"grpo-plain": {"trainer": "grpo", "dataset": "plain", "address": "host-port", "eval": True},
-               "grpo-chat": {"trainer": "grpo", "dataset": "chat"},
-               "rloo-plain": {"trainer": "rloo", "dataset": "plain"},
+# The RLOO runs go first: on TRL 0.29.x they end in the declared `logprobs: null` 500 after 12-28 s asleep in
+# TRL's retry backoff (a few small requests), so that sleep falls beside the session server's own users, and
+# the runs that keep the server busy come later, beside the colocate engine tests.
+SERVER_RUNS = {"rloo-plain": {"trainer": "rloo", "dataset": "plain"},
                "rloo-chat": {"trainer": "rloo", "dataset": "chat"},
+               "grpo-plain": {"trainer": "grpo", "dataset": "plain", "address": "host-port", "eval": True},
+               "grpo-chat": {"trainer": "grpo", "dataset": "chat"},
                "grpo-tools": {"trainer": "grpo", "dataset": "chat", "tools": True},
                "grpo-chat-kwargs": {"trainer": "grpo", "dataset": "chat", "chat_template_kwargs": {"greeting": "Hi"}},
                "grpo-rollout-func": {"trainer": "grpo", "dataset": "plain", "rollout": True},
@@ -102,11 +106,12 @@ class ServerTrainerChild:
 
 @pytest.fixture(scope="session")
 def server_trainer_child(request, vllmcompat_context, vllm_model_dir, tmp_path_factory):
-    """The server runs' child. On the CPU lane it starts here, and the plugin requests this at the first engine
-    test (the tests that wait on it are marked `vllm_background`), so it runs beside the engine tests: it only
-    talks HTTP to the session server, and most of its time is TRL's retry backoff (pytest_vllmcompat/process/
-    background.py has the measurement). On the CUDA lane it starts when its first test waits: its server has a GPU
-    that the engine tests use too."""
+    """The server runs' child. On the CPU lane it starts here, and the plugin requests this at the session
+    server's first user (the tests that wait on it are marked `vllm_background(..., beside="server")`), once that
+    server is ready, so it runs beside the server's users and the engine tests: it only talks HTTP to the session
+    server, and most of its time is TRL's retry backoff (pytest_vllmcompat/process/background.py has the
+    measurement). On the CUDA lane it starts when its first test waits: its server has a GPU that the engine
+    tests use too."""
     runner = ServerTrainerChild(vllmcompat_context, vllm_model_dir, tmp_path_factory.mktemp("server-trainers"))
     if vllmcompat_context.lane == "cpu":
         runner.start(request.getfixturevalue("trainer_server"))
@@ -191,7 +196,7 @@ TRANSFORMERS_IMPL = {"model_impl": "transformers"}  # the setting test_trainer_c
 
 
 def background_run(context, spec: dict, tmp_path_factory):
-    """A TrainerRun started now on the CPU lane (these fixtures are requested at the first engine test), when
+    """A TrainerRun started now on the CPU lane (the plugin requests these fixtures at the first engine test), when
     its test waits on the CUDA lane; stopped at session end."""
     run = TrainerRun(spec, tmp_path_factory.mktemp(f"{spec['trainer']}-{spec['dataset']}"), colocate_gpu(context))
     if context.lane == "cpu":

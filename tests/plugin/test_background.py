@@ -1,5 +1,5 @@
 """BackgroundChild (pytest_vllmcompat/process/background.py) with real child processes, and the plugin's early
-start of background work at the first engine test (pytester)."""
+start of background work at the first test of its group (pytester)."""
 
 import os
 import signal
@@ -150,3 +150,44 @@ def pytest_sessionfinish(session):
                                            "-k", "not waits_on_it")
     result.assert_outcomes(passed=4, deselected=1)
     assert "EVENTS ['a', 'c', 'd']" in result.stdout.str()
+
+
+BESIDE_THE_SERVER = EARLY_START.replace('vllm_background("slow_work")', 'vllm_background("slow_work", beside="server")') + """
+@pytest.mark.vllm_mode("server")
+def test_s_server_user():
+    EVENTS.append("s")
+"""
+PRINT_EVENTS = """
+def pytest_sessionfinish(session):
+    import test_early
+    print("EVENTS", test_early.EVENTS)
+"""
+
+
+def test_background_work_beside_the_server_starts_at_the_servers_first_user(pytester, monkeypatch):
+    monkeypatch.setenv("VLLMCOMPAT_PRESTART", "0")
+    pytester.makepyfile(test_early=BESIDE_THE_SERVER)
+    pytester.makeconftest(PRINT_EVENTS)
+    result = pytester.runpytest_subprocess("-v", "-s", "-p", "no:cacheprovider", "--vllm-mode=all")
+    result.assert_outcomes(passed=6)
+    assert "EVENTS ['a', 'work started', 's', 'c', 'd', 'b']" in result.stdout.str()
+
+
+def test_background_work_beside_the_server_without_server_users_starts_at_the_first_engine_test(pytester,
+                                                                                                  monkeypatch):
+    monkeypatch.setenv("VLLMCOMPAT_PRESTART", "0")
+    pytester.makepyfile(test_early=BESIDE_THE_SERVER)
+    pytester.makeconftest(PRINT_EVENTS)
+    result = pytester.runpytest_subprocess("-v", "-s", "-p", "no:cacheprovider", "--vllm-mode=all",
+                                           "-k", "not server_user")
+    result.assert_outcomes(passed=5, deselected=1)
+    assert "EVENTS ['a', 'work started', 'c', 'd', 'b']" in result.stdout.str()
+
+
+def test_an_unknown_beside_is_a_usage_error_that_lists_the_valid_ones(pytester, monkeypatch):
+    monkeypatch.setenv("VLLMCOMPAT_PRESTART", "0")
+    pytester.makepyfile(test_early=EARLY_START.replace('vllm_background("slow_work")',
+                                                       'vllm_background("slow_work", beside="gpu")'))
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--vllm-mode=all")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*vllm_background(beside='gpu'): not one of 'engine', 'server'*"])
