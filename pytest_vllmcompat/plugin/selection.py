@@ -135,9 +135,11 @@ def background_fixture(item: pytest.Item) -> str | None:
 
 
 def background_start(item: pytest.Item) -> int:
-    """The run_order group at whose first test the work of the test's `vllm_background` marker starts."""
+    """The run_order group at whose first test the work of the test's `vllm_background` marker starts (for a test
+    that has one)."""
     marker = item.get_closest_marker(BACKGROUND_MARKER)
-    beside = "engine" if marker is None else str(marker.kwargs.get("beside", "engine"))
+    assert marker is not None, f"{item.nodeid} has no {BACKGROUND_MARKER} marker"
+    beside = str(marker.kwargs.get("beside", "engine"))
     if beside not in BESIDE:
         raise pytest.UsageError(f"{item.nodeid}: {BACKGROUND_MARKER}(beside={beside!r}): not one of "
                                 f"{', '.join(map(repr, BESIDE))}")
@@ -146,12 +148,12 @@ def background_start(item: pytest.Item) -> int:
 
 def background_to_start(items: list[pytest.Item]) -> list[tuple[str, int]]:
     """(fixture, the group whose first test starts it) for the fixtures the kept tests' `vllm_background` markers
-    name, once each, in run order."""
+    name, once each, in run order (the first marker naming a fixture sets its group; every marker is checked)."""
     found: dict[str, int] = {}
     for item in items:
         name = background_fixture(item)
-        if name is not None and name not in found:
-            found[name] = background_start(item)
+        if name is not None:
+            found.setdefault(name, background_start(item))
     return list(found.items())
 
 

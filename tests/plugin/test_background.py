@@ -103,17 +103,18 @@ def test_d_engine():
 def test_z_order():
     pass
 """
+# the conftest that prints the order in which EARLY_START's tests and its work ran
+PRINT_EVENTS = """
+def pytest_sessionfinish(session):
+    import test_early
+    print("EVENTS", test_early.EVENTS)
+"""
 
 
 def test_background_work_starts_at_the_first_engine_test_and_its_tests_run_after_the_engine_tests(pytester, monkeypatch):
     monkeypatch.setenv("VLLMCOMPAT_PRESTART", "0")  # no server here: only the order is looked at
     pytester.makepyfile(test_early=EARLY_START)
-    pytester.makeconftest("""
-import pytest
-def pytest_sessionfinish(session):
-    import test_early
-    print("EVENTS", test_early.EVENTS)
-""")
+    pytester.makeconftest(PRINT_EVENTS)
     result = pytester.runpytest_subprocess("-v", "-s", "-p", "no:cacheprovider", "--vllm-mode=all")
     result.assert_outcomes(passed=5)
     ran = [line.split("::")[1].split(" ")[0] for line in result.outlines if "::test_" in line and "PASSED" in line]
@@ -141,11 +142,7 @@ def test_background_work_whose_tests_are_deselected_with_k_is_not_started(pytest
     """-k deselects after the plugin orders the tests: the work is chosen from the final selection."""
     monkeypatch.setenv("VLLMCOMPAT_PRESTART", "0")
     pytester.makepyfile(test_early=EARLY_START)
-    pytester.makeconftest("""
-def pytest_sessionfinish(session):
-    import test_early
-    print("EVENTS", test_early.EVENTS)
-""")
+    pytester.makeconftest(PRINT_EVENTS)
     result = pytester.runpytest_subprocess("-v", "-s", "-p", "no:cacheprovider", "--vllm-mode=all",
                                            "-k", "not waits_on_it")
     result.assert_outcomes(passed=4, deselected=1)
@@ -156,11 +153,6 @@ BESIDE_THE_SERVER = EARLY_START.replace('vllm_background("slow_work")', 'vllm_ba
 @pytest.mark.vllm_mode("server")
 def test_s_server_user():
     EVENTS.append("s")
-"""
-PRINT_EVENTS = """
-def pytest_sessionfinish(session):
-    import test_early
-    print("EVENTS", test_early.EVENTS)
 """
 
 
