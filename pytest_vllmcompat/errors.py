@@ -89,6 +89,6 @@ class ServerStartupError(VllmcompatError, RuntimeError):
             lines.append(f"  fatal:     {fatal}")
         if self.address_in_use:
             lines.append(f"  cause:     port {port} was taken by another process after it was picked "
-                         "(address already in use); retry with a new free_port()")
+                         "(address already in use); retry with a new late_bind_port()")
         lines += [f"--- last {len(log_tail.splitlines())} log lines ---", log_tail.rstrip("\n")]
         super().__init__("\n".join(lines))

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import BackendIncompatible, Unsupported
-from ..process.ports import free_port, rendezvous_port
+from ..process.ports import free_port, late_bind_port
 from .client import ServerClient
 from .colocate import ColocateGenerator, teardown_distributed
 from .release import Release
@@ -93,7 +93,7 @@ class Backend(Release):
         for attempt in range(3):
             if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
                 # TRL's ensure_master_addr_port() keeps existing values: give each engine a fresh rendezvous port.
-                os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(rendezvous_port())
+                os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(late_bind_port())
             try:
                 fsdp = {"is_fsdp_enabled": False} if "is_fsdp_enabled" in self.init_params else {}  # gone in 1.x
                 vg = VLLMGeneration(model, accelerator, processing_class=tokenizer, mode="colocate",

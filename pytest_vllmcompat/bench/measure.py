@@ -19,7 +19,7 @@ from ..backend.settings import (
 from ..process import procfs
 from ..process.compile_cache import CACHE_DIR_ENV, COMPILE_CACHE_VARS, DEFAULT_CACHE_DIR, compile_cache_env
 from ..process.executor import ServerProcess, stop_group
-from ..process.ports import free_port
+from ..process.ports import late_bind_port
 from ..process.vec_isa import vec_isa_env
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -132,7 +132,7 @@ def model_path(python: str) -> str:
 def floor_colocate(python: str, model: str, workdir: Path, caches: dict[str, str]) -> dict:
     script = workdir / "floor_colocate.py"
     script.write_text(FLOOR_COLOCATE)
-    r = run_timed([python, str(script), model, str(free_port())], env={**os.environ, **ENGINE_ENV, **caches})
+    r = run_timed([python, str(script), model, str(late_bind_port())], env={**os.environ, **ENGINE_ENV, **caches})
     for line in r["output"].splitlines():
         if line.startswith("BENCH "):
             r["phases"] = dict(kv.split("=") for kv in line.split()[1:])
@@ -143,7 +143,7 @@ def floor_colocate(python: str, model: str, workdir: Path, caches: dict[str, str
 
 def floor_server(env_dir: Path, model: str, workdir: Path, caches: dict[str, str], timeout: float = 600.0) -> dict:
     """A raw `trl vllm-serve` with the harness's argv, until /health/ answers (the executor's own health poll)."""
-    port = free_port()
+    port = late_bind_port()
     # The argv the harness's server fixture runs (same --max_model_len), so the ratio compares like with like.
     code = ("import sys; from pytest_vllmcompat.backend.serve import installed_trl_location, serve_argv; "
             "from pytest_vllmcompat.backend.settings import MAX_MODEL_LEN; "

@@ -114,7 +114,7 @@ class ServerFactory:
         reports it as usual."""
         try:
             argv_for = self.vllm_argv_for(extra)
-            server = self.new(name, argv_for, ports.free_port(), env=engine.engine_env(
+            server = self.new(name, argv_for, ports.late_bind_port(), env=engine.engine_env(
                 self.state.context.lane), fatal_log_patterns=SERVE_FATAL_LOG_PATTERNS)
             server.start()
             server.time_readiness_in_background()  # its start-up, not the wait until a test claims it

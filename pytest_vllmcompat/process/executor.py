@@ -31,7 +31,7 @@ OWNER_VAR = "PYTEST_VLLMCOMPAT_OWNER"
 TAG_VAR = "PYTEST_VLLMCOMPAT_TAG"
 POLL_INTERVAL = 0.25  # seconds between readiness polls
 REQUEST_TIMEOUT = 2.0  # per health request; bounds how late an early death is noticed
-PORT_ATTEMPTS = 3  # a free port can be taken between free_port() and the server's bind: retry with a new one
+PORT_ATTEMPTS = 3  # a free port can be taken between late_bind_port() and the server's bind: retry with a new one
 
 # The watchdog: reads its stdin (a pipe whose only writer is the owner) until EOF, which comes when the owner
 # closes it (normal stop, after the group is gone) or dies in any way, SIGKILL included; then stops the group.
@@ -280,7 +280,7 @@ def start_on_free_port(make: Callable[[int], ServerProcess], *, host: str = "127
     (the port was taken between choice and bind), `discard` it and try a new port. `first`: a server already
     start()ed elsewhere (the plugin's early start), used as the first attempt."""
     for attempt in range(1, attempts + 1):
-        server = first if attempt == 1 and first is not None else make(ports.free_port(host))
+        server = first if attempt == 1 and first is not None else make(ports.late_bind_port(host))
         try:
             if server.proc is None:
                 server.start()

@@ -26,8 +26,9 @@ def free_port(host: str = "127.0.0.1") -> int:
     """Return a TCP port on `host` that is free now and not yet handed out by this process.
 
     Remaining race (TOCTOU): the port is only free at the moment we probe it; another process may bind it
-    before our server does. The executor detects "address already in use" in the log of a server that died at
-    startup (ServerStartupError.address_in_use) and `start_on_free_port` retries with a new port.
+    before our listener does (a port of the ephemeral range, which bind(0) gives, more often: late_bind_port). The
+    executor detects "address already in use" in the log of a server that died at startup
+    (ServerStartupError.address_in_use) and `start_on_free_port` retries with a new port.
     """
     with _lock:
         for _ in range(100):
@@ -49,9 +50,13 @@ def ephemeral_low() -> int:
         return 0
 
 
-def rendezvous_port(host: str = "127.0.0.1") -> int:
-    """A port for torch.distributed's TCPStore (MASTER_PORT), below the ephemeral range where possible: on a busy
-    host a bind(0) port was taken by an outgoing connection between probe and use (EADDRINUSE)."""
+def late_bind_port(host: str = "127.0.0.1") -> int:
+    """A port for a listener that binds it well after we choose it: a server's uvicorn binds after its engine's
+    start-up (20-60 s here), torch.distributed's TCPStore (MASTER_PORT) after its imports. Below the kernel's
+    ephemeral range where possible: the kernel hands ports of that range to every bind(0) and outgoing connection on
+    the host meanwhile (seen: the session server's port taken during its start-up, beside the float32 server's and
+    the probes' start-ups; the server died with EADDRINUSE after loading, and its second start on a new port cost the
+    cell about 25 s). A port below the range is taken only by an explicit bind to that very port. Else free_port()."""
     low = ephemeral_low()
     with _lock:
         for _ in range(50 if low > 12000 else 0):

@@ -12,7 +12,8 @@ engine starts on the checkpoint's weights; training changes the HF weights; the 
 training (TRL syncs before each step's generation); after a final sync_weights() the engine holds exactly the
 trained weights (bf16 rounding) and its greedy output changed.
 
-Server: all server runs share one child (no engine lives there) and talk to a real `trl vllm-serve` with the
+Server: the server runs share one child (no engine lives there; on the CPU lane one RLOO run has a second one,
+trainer_children.OWN_CHILD_RUNS) and talk to a real `trl vllm-serve` with the
 arguments the trainers choose; every request is recorded and checked against the trainer's settings. On the CPU
 lane that is the cell's session server, and only the NCCL weight transport is replaced
 (pytest_vllmcompat/testing/lane_substitutes.py; the tests declare "server weight sync not exercised on the cpu
@@ -20,7 +21,7 @@ lane"): the weights the trainer pushes are recorded and must be the trained ones
 is real, the server has a GPU of its own (its weights change, so not the session's), and its greedy output must
 follow the training.
 
-Background (CPU lane): the server runs' child starts at the session server's first user (once it is ready), the
+Background (CPU lane): the server runs' children start at the session server's first user (once it is ready), the
 Transformers-backend colocate run at the first engine test; both run beside the tests; the tests that wait on them
 are marked `vllm_background` and run after the engine tests (trainer_children.py).
 """

@@ -1,20 +1,23 @@
 """How the suite starts its trainer children (trainer_run.py next to this file), and those that run in the
 background.
 
-Two children run in the background on the CPU lane (pytest_vllmcompat/process/background.py): the one shared by
-every server-mode trainer run, from the session server's first user on (once it is ready), and the colocate run
-on vLLM's Transformers backend (an engine of its own), beside the engine tests. Their session fixtures live here
-and conftest.py makes them visible to every module of the suite, because the plugin requests them at the first
-test of their group (whatever its module). The tests that read their outcomes
-(test_trainers.py) are marked `vllm_background`: they run after the engine tests. On the CUDA lane each starts
+On the CPU lane these run in the background (pytest_vllmcompat/process/background.py): the server-mode trainer
+runs, from the session server's first user on (once it is ready), in one child and OWN_CHILD_RUNS in a second, and
+the colocate run on vLLM's Transformers backend (an engine of its own), beside the engine tests. Their session
+fixtures live here and conftest.py makes them visible to every module of the suite, because the plugin requests
+them at the first test of their group (whatever its module). The tests that read their outcomes (test_trainers.py)
+are marked `vllm_background`: they run after the engine tests. On the CUDA lane each starts
 when its test waits: its engine or server takes GPU memory that the engine tests use too.
 
-Why these two and no more (measured on 2 cores, vllm-0.11.1(tf4), warm caches, the nox wall time of the whole
+Why these and no more (measured on 2 cores, vllm-0.11.1(tf4), warm caches, the nox wall time of the whole
 cell): nothing in the background 253 and 276 s; the server child 179, 187 and 180 s; the server child and the
 Transformers-backend run 158 s; those and the LLaVA run as well 183 s (four processes at once: the foreground's
 engines took twice as long); the Transformers-backend run started beside the session server's users instead 185 s
 (it slowed the server's start-up, which those tests wait for). Two raw engines started side by side took 25.7 s
-against 35.8 s one after the other: two at once pay, more do not.
+against 35.8 s one after the other: two at once pay, more do not. The second server child (OWN_CHILD_RUNS) only
+imports and then sleeps in TRL's backoff; the shared colocate child started beside the server's users as well was
+tried and reverted (whole-cell benchmark, Intel 2 cores: 87.6 and 87.5 s against 84.3 and 81.6 s without it; the
+session colocate engine's start-up went from 4.5 s to 11.0 s once).
 """
 
 import json
@@ -44,6 +47,12 @@ SERVER_RUNS = {"rloo-plain": {"trainer": "rloo", "dataset": "plain"},
                "grpo-chat-kwargs": {"trainer": "grpo", "dataset": "chat", "chat_template_kwargs": {"greeting": "Hi"}},
                "grpo-rollout-func": {"trainer": "grpo", "dataset": "plain", "rollout": True},
                "grpo-tool-call-history": {"trainer": "grpo", "dataset": "chat-tool-calls"}}
+# On the CPU lane this run has a child of its own, beside the one with the others, so that the two RLOO runs'
+# backoff sleeps overlap instead of adding up (measured, vllm-0.11.1(tf4), TRL 0.29.1, Intel 2 cores: one child
+# 66.2 s, of which 56 s were the two RLOO runs asleep, each 28 s after a `ConnectionResetError(104)` retry, and the
+# GRPO runs 2 s; the cell waited 22.9 s for it at the end). What a failing run quotes of the shared server's log is
+# only its own connections' part (trainer_run.log_since), so the two cannot borrow each other's traceback.
+OWN_CHILD_RUNS = ("rloo-chat",)
 STEPS = 2
 
 
@@ -71,37 +80,54 @@ def trainer_server(request, vllmcompat_context, vllm_server, vllm_server_factory
 
 
 class ServerTrainerChild:
-    """Every server run of this module in one child process (pytest_vllmcompat.process.background)."""
+    """Every server run of this module in one child process (pytest_vllmcompat.process.background); on the CPU lane
+    OWN_CHILD_RUNS in a second one, at the same time (the session server serves both; on the CUDA lane each run
+    needs the trainer's GPU and the server's NCCL group, one run at a time)."""
 
     def __init__(self, context, model_dir: Path, out: Path):
         self.context, self.model_dir, self.out = context, model_dir, out
         self.wanted = dict(SERVER_RUNS)
         if not transformers_5():
             self.wanted.pop("grpo-tools")  # its test skips (TRL refuses tools below transformers 5)
-        self.child: BackgroundChild | None = None
+        own = [name for name in OWN_CHILD_RUNS if name in self.wanted] if context.lane == "cpu" else []
+        # [(child name, its runs)]: the first child's name is the one the suite and the benchmark look for
+        self.groups = [("server-trainers", [name for name in self.wanted if name not in own])]
+        self.groups += [(f"server-trainers-{name}", [name]) for name in own]
+        self.children: list[BackgroundChild] = []
         self.base_url = ""
+
+    @property
+    def started(self) -> bool:
+        return bool(self.children)
 
     def start(self, trainer_server) -> None:
         server, trainer_gpu = trainer_server
         self.base_url = server.base_url
-        spec = {"mode": "server", "lane": self.context.lane, "base_url": server.base_url,
-                "server_log": str(server.log_path), "model": str(self.model_dir), "out": str(self.out),
-                "runs": [{**r, "steps": STEPS} for r in self.wanted.values()]}
         env = child_env({"CUDA_VISIBLE_DEVICES": trainer_gpu} if trainer_gpu is not None else {})
-        self.child = trainer_child("server-trainers", spec, self.out, env)
-        self.child.start()
+        for name, runs in self.groups:
+            out = self.out / name
+            out.mkdir()
+            spec = {"mode": "server", "lane": self.context.lane, "base_url": server.base_url,
+                    "server_log": str(server.log_path), "model": str(self.model_dir), "out": str(out),
+                    "runs": [{**self.wanted[run], "steps": STEPS} for run in runs]}
+            child = trainer_child(name, spec, out, env)
+            child.start()
+            self.children.append(child)
 
     def outcomes(self) -> dict:
-        """{run name: outcome (summary, skip or error)}, once the child has ended."""
-        assert self.child is not None, "start() first"
-        done = self.child.wait()
-        printed = last_line(done, f"the server-mode trainer runs against {self.base_url}")
-        return {name: {**outcome, "child_seconds": done.seconds, "libc": printed["libc"]}  # imports + every run
-                for name, outcome in zip(self.wanted, printed["outcomes"])}
+        """{run name: outcome (summary, skip or error)}, once the children have ended."""
+        assert self.children, "start() first"
+        outcomes = {}
+        for (_, runs), child in zip(self.groups, self.children):
+            done = child.wait()
+            printed = last_line(done, f"the server-mode trainer runs {runs} against {self.base_url}")
+            outcomes.update({run: {**outcome, "child_seconds": done.seconds, "libc": printed["libc"]}  # imports + runs
+                             for run, outcome in zip(runs, printed["outcomes"])})
+        return {name: outcomes[name] for name in self.wanted}
 
     def stop(self) -> None:
-        if self.child is not None:
-            self.child.stop()
+        for child in self.children:
+            child.stop()
 
 
 @pytest.fixture(scope="session")
@@ -122,7 +148,7 @@ def server_trainer_child(request, vllmcompat_context, vllm_model_dir, tmp_path_f
 @pytest.fixture(scope="session")
 def server_trainer_outcomes(server_trainer_child, trainer_server) -> dict:
     """Every server run's outcome: {run name: outcome (summary, skip or error)}."""
-    if server_trainer_child.child is None:
+    if not server_trainer_child.started:
         server_trainer_child.start(trainer_server)
     return server_trainer_child.outcomes()
 

@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from pytest_vllmcompat.process.ports import rendezvous_port
+from pytest_vllmcompat.process.ports import late_bind_port
 
 GENERATIONS, MAX_COMPLETION, TEMPERATURE = 4, 8, 2.0  # what every run configures; the server tests check them
 # The engine holds the bf16 checkpoint's dtype: round-to-nearest into bf16 (8 significand bits) moves a value by at
@@ -457,12 +457,26 @@ def colocate_run(spec):
 GENERATION_PATHS = ("/generate/", "/chat/", "/v1/completions", "/v1/chat/completions")  # TRL's own; 1.11+: vLLM's
 
 
-def record_requests(base_url):
+def record_requests(base_url, client_ports):
     """Every request sent through a requests.Session to `base_url` (VLLMClient's own session), as sent: the
     requests stay real, this only keeps (method, path, JSON body) without the prompts' bulk, and for a generation
-    the first prompt's ids in the answer (what the trainer's prompt became on the server)."""
-    import requests
+    the first prompt's ids in the answer (what the trainer's prompt became on the server). `client_ports` (a set)
+    gets the local port of every connection this process opens to the server: which lines of the shared server's
+    log are this process's (pytest_vllmcompat/testing/server_log.py)."""
+    from urllib.parse import urlsplit
 
+    import requests
+    import urllib3.connection
+
+    server = urlsplit(base_url)
+    connect = urllib3.connection.HTTPConnection.connect
+
+    def connect_recording(self):
+        connect(self)
+        if (self.host, self.port) == (server.hostname, server.port):
+            client_ports.add(self.sock.getsockname()[1])
+
+    urllib3.connection.HTTPConnection.connect = connect_recording
     sent, original = [], requests.Session.request
 
     def request(self, method, url, *args, **kwargs):
@@ -539,11 +553,14 @@ def server_run(spec, run, sent, transport):
     return summary
 
 
-def log_since(spec, offset, limit=6000):
-    """What the server logged during a run (its side of a failure), progress bars left out."""
+def log_since(spec, offset, client_ports, limit=6000):
+    """What the server logged during a run for this process's connections or for no request (its side of a
+    failure; other clients of the shared server left out: server_log.py), progress bars left out."""
+    from pytest_vllmcompat.testing.server_log import lines_of_client
+
     with open(spec["server_log"], "rb") as f:
         f.seek(offset)
-        lines = f.read().decode("utf-8", errors="replace").splitlines()
+        lines = lines_of_client(f.read().decode("utf-8", errors="replace"), client_ports).splitlines()
     kept = [line for line in lines if not line.startswith(("Adding requests", "Processed prompts"))]
     return "\n".join(kept)[-limit:]
 
@@ -561,17 +578,19 @@ def server_main(spec):
         from pytest_vllmcompat.testing.lane_substitutes import replace_server_weight_transport
 
         transport = replace_server_weight_transport(VLLMClient)
-    sent = record_requests(spec["base_url"])
+    client_ports = set()
+    sent = record_requests(spec["base_url"], client_ports)
     outcomes = []
     for i, run in enumerate(spec["runs"]):
         run = {**run, "out": os.path.join(spec["out"], str(i))}
         log_offset = os.path.getsize(spec["server_log"])
+        client_ports.clear()  # this run's connections (each trainer's VLLMClient opens its own)
         try:
             outcomes.append({"run": run, "summary": server_run(spec, run, sent, transport)})
         except NotApplicable as exc:
             outcomes.append({"run": run, "skip": str(exc)})
         except Exception:
-            outcomes.append({"run": run, "error": traceback.format_exc(), "server_log": log_since(spec, log_offset)})
+            outcomes.append({"run": run, "error": traceback.format_exc(), "server_log": log_since(spec, log_offset, client_ports)})
     from pytest_vllmcompat.process import procfs  # after torch and trl: the libc every library was loaded with
 
     print(json.dumps({"trl": trl.__version__, "outcomes": outcomes, "libc": procfs.mapped_library("self", "libc.so.")}),
@@ -583,7 +602,7 @@ def main(spec):
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     if spec.get("fsdp") or spec.get("zero3"):  # accelerate's FSDP / DeepSpeed need a process group: rank 0 of 1
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
-    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(rendezvous_port())
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(late_bind_port())
     if spec.get("mode") == "server":
         server_main(spec)
     elif spec.get("runs"):

@@ -363,8 +363,8 @@ def test_start_on_free_port_retries_when_port_taken(tmp_path, monkeypatch):
         taken.bind(("127.0.0.1", 0))  # bound, not listening: health checks are refused at once
         taken_port = taken.getsockname()[1]
         handed = iter([taken_port])
-        real = ports.free_port
-        monkeypatch.setattr(ports, "free_port", lambda host="127.0.0.1": next(handed, None) or real(host))
+        real = ports.late_bind_port
+        monkeypatch.setattr(ports, "late_bind_port", lambda host="127.0.0.1": next(handed, None) or real(host))
 
         def make(port):
             return executor.ServerProcess("tiny server", [sys.executable, str(TINY), "--port", str(port)], port=port,

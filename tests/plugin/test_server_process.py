@@ -269,6 +269,22 @@ def test_sweep_leaves_running_server_of_this_process(tmp_path):
         assert server.alive
 
 
+def test_late_bind_port_is_below_the_ephemeral_range_free_and_never_repeats():
+    """Servers and TCPStores bind their port long after it is chosen: below the kernel's ephemeral range no bind(0)
+    or outgoing connection of another process can take it meanwhile."""
+    from pytest_vllmcompat.process.ports import ephemeral_low, late_bind_port
+
+    low = ephemeral_low()
+    if low <= 12000:
+        pytest.skip(f"this host's ephemeral range starts at {low}: late_bind_port falls back to free_port here")
+    handed = [late_bind_port() for _ in range(30)]
+    assert len(set(handed)) == len(handed), handed
+    assert all(10000 <= port < low for port in handed), (low, handed)
+    for port in handed:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", port))  # free when handed out
+
+
 def test_free_port_never_repeats():
     ports = [free_port() for _ in range(50)]
     assert len(set(ports)) == 50
