@@ -116,11 +116,14 @@ def run(matrix: Matrix, results_dir: Path, out_dir: Path, lanes: list[str], targ
     lanes = list(LANES) if "all" in lanes or not lanes else lanes
     targets = list(matrix.targets) if "all" in targets else (targets or [matrix.default_target])
     found, notes = load_results(results_dir)
+    counted = f"{len(found)} result(s) in {results_dir}"
     if recorded_dir is not None and recorded_dir.is_dir():
         kept, kept_notes = load_results(recorded_dir)
         notes += kept_notes + [f"{r.path}: no `recorded` field (write it with `python -m pytest_vllmcompat record`); "
                                "ignored" for r in kept if not r.data.recorded]
-        found += [r for r in kept if r.data.recorded]
+        recorded = [r for r in kept if r.data.recorded]
+        found += recorded
+        counted += f", {len(recorded)} recorded in {recorded_dir}"
     shown = dict.fromkeys([*targets, *(r.cell.target for r in found if r.cell.matrix_cell)])
     try:  # each target's own cells (the seed matrix's targets ask no index)
         cells_of = {target_label(t): target_matrix(matrix, t)[0] for t in shown}
@@ -132,7 +135,7 @@ def run(matrix: Matrix, results_dir: Path, out_dir: Path, lanes: list[str], targ
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "support.md").write_text(render.markdown(matrix, verdict, lanes, targets, require))
     (out_dir / "support.html").write_text(page.html_page(matrix, verdict, lanes, targets, require))
-    print(f"{len(found)} result(s) in {results_dir}")
+    print(counted)
     for note in verdict.notes:
         print(f"note: {note}")
     for problem in verdict.problems:
