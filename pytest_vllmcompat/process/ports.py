@@ -26,8 +26,9 @@ def free_port(host: str = "127.0.0.1") -> int:
     """Return a TCP port on `host` that is free now and not yet handed out by this process.
 
     Remaining race (TOCTOU): the port is only free at the moment we probe it; another process may bind it
-    before our listener does (a port of the ephemeral range, which bind(0) gives, more often: late_bind_port). The
-    executor detects "address already in use" in the log of a server that died at startup
+    before our listener does; bind(0) gives a port of the kernel's ephemeral range, which every other bind(0) and
+    outgoing connection on the host draws from too (for a listener that binds late: late_bind_port). The executor
+    detects "address already in use" in the log of a server that died at startup
     (ServerStartupError.address_in_use) and `start_on_free_port` retries with a new port.
     """
     with _lock:

@@ -90,7 +90,7 @@ class ServerTrainerChild:
         if not transformers_5():
             self.wanted.pop("grpo-tools")  # its test skips (TRL refuses tools below transformers 5)
         own = [name for name in OWN_CHILD_RUNS if name in self.wanted] if context.lane == "cpu" else []
-        # [(child name, its runs)]: the first child's name is the one the suite and the benchmark look for
+        # [(child name, its runs)]: the child's output files and its runs' folder are named after it
         self.groups = [("server-trainers", [name for name in self.wanted if name not in own])]
         self.groups += [(f"server-trainers-{name}", [name]) for name in own]
         self.children: list[BackgroundChild] = []

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from pytest_vllmcompat.process.ports import late_bind_port
+from pytest_vllmcompat.testing.server_log import lines_of_client
 
 GENERATIONS, MAX_COMPLETION, TEMPERATURE = 4, 8, 2.0  # what every run configures; the server tests check them
 # The engine holds the bf16 checkpoint's dtype: round-to-nearest into bf16 (8 significand bits) moves a value by at
@@ -556,11 +557,9 @@ def server_run(spec, run, sent, transport):
 def log_since(spec, offset, client_ports, limit=6000):
     """What the server logged during a run for this process's connections or for no request (its side of a
     failure; other clients of the shared server left out: server_log.py), progress bars left out."""
-    from pytest_vllmcompat.testing.server_log import lines_of_client
-
     with open(spec["server_log"], "rb") as f:
         f.seek(offset)
-        lines = lines_of_client(f.read().decode("utf-8", errors="replace"), client_ports).splitlines()
+        lines = lines_of_client(f.read().decode("utf-8", errors="replace").splitlines(), client_ports)
     kept = [line for line in lines if not line.startswith(("Adding requests", "Processed prompts"))]
     return "\n".join(kept)[-limit:]
 
@@ -590,7 +589,8 @@ def server_main(spec):
         except NotApplicable as exc:
             outcomes.append({"run": run, "skip": str(exc)})
         except Exception:
-            outcomes.append({"run": run, "error": traceback.format_exc(), "server_log": log_since(spec, log_offset, client_ports)})
+            outcomes.append({"run": run, "error": traceback.format_exc(),
+                             "server_log": log_since(spec, log_offset, client_ports)})
     from pytest_vllmcompat.process import procfs  # after torch and trl: the libc every library was loaded with
 
     print(json.dumps({"trl": trl.__version__, "outcomes": outcomes, "libc": procfs.mapped_library("self", "libc.so.")}),

@@ -1,6 +1,6 @@
 """A trainer run quotes only its own part of the shared server's log (pytest_vllmcompat/testing/server_log.py)."""
 
-from pytest_vllmcompat.testing.server_log import lines_of_client
+from pytest_vllmcompat.testing import server_log
 
 # Shaped as trl vllm-serve on vLLM 0.11.1 logs it (uvicorn, vLLM's engine, TRL's logger), two clients at once:
 # 41001's request fails with the TRL 0.29.x RLOO traceback, 42002's with another one, 43003's succeeds.
@@ -23,6 +23,10 @@ ValueError: another client's failure
 2026-12-04 20:35:52,636 - _logger.py - trl.scripts.vllm_serve - WARNING - a server-wide line
 INFO:     127.0.0.1:41001 - "POST /generate/ HTTP/1.1" 500 Internal Server Error
 """
+
+
+def lines_of_client(log: str, client_ports: set[int]) -> str:
+    return "\n".join(server_log.lines_of_client(log.splitlines(), client_ports))
 
 
 def test_a_client_gets_its_own_requests_their_tracebacks_and_the_server_wide_lines():
